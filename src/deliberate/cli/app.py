@@ -1,0 +1,90 @@
+"""The ``deliberate`` command. Heavy imports happen inside commands, so ``--help`` is fast."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from .. import __version__
+from . import flows as flows_cmd
+from . import models as models_cmd
+from . import run as run_cmd
+from . import runs as runs_cmd
+
+app = typer.Typer(
+    name="deliberate",
+    help="Run LLM deliberation workflows declared in YAML: drafts and critiques, experts and "
+    "synthesis, votes, debates. Every run is recorded under runs/ and can be replayed or resumed.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"deliberate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """deliberate: several model calls reason together instead of one."""
+
+
+app.command("run")(run_cmd.run)
+app.command("generate")(run_cmd.generate)
+app.command("replay")(runs_cmd.replay)
+app.command("resume")(runs_cmd.resume)
+app.command("doctor")(models_cmd.doctor)
+app.add_typer(flows_cmd.app, name="flows")
+app.add_typer(models_cmd.models_app, name="models")
+app.add_typer(models_cmd.strategies_app, name="strategies")
+app.add_typer(runs_cmd.runs_app, name="runs")
+app.add_typer(runs_cmd.cache_app, name="cache")
+
+
+def main() -> None:
+    """Entry point: every deliberate error becomes one clean line and its exit code."""
+    from ..errors import DeliberateError, FlowError
+
+    try:
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except FlowError as exc:
+        from .common import err_console
+
+        con = err_console()
+        for p in exc.problems:
+            con.print(f"[bold red]error:[/] {p}", soft_wrap=True)
+        sys.exit(2)
+    except DeliberateError as exc:
+        from .common import err_console
+
+        err_console().print(f"[bold red]error:[/] {exc.line()}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.stderr.write("aborted\n")
+            sys.exit(130)
+        if os.environ.get("DELIBERATE_DEBUG"):
+            raise
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} "
+                         "(set DELIBERATE_DEBUG=1 for the traceback, and please report it)\n")
+        sys.exit(1)

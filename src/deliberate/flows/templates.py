@@ -1,0 +1,95 @@
+"""Jinja2 templates and expressions, in the sandbox, with undefined names as errors.
+
+References are found statically (``jinja2.meta``), which is how edges are inferred and how a
+flow that mentions a step that does not exist is refused before any model call.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+class TemplateProblem(Exception):
+    """A template or expression that cannot be parsed or rendered."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        self.message = message
+        self.line = line
+        super().__init__(message)
+
+
+def _make_env() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False,
+        trim_blocks=True, lstrip_blocks=True,
+    )
+    return env
+
+
+ENV = _make_env()
+GLOBAL_NAMES = frozenset(ENV.globals)
+
+
+@lru_cache(maxsize=2048)
+def parse(source: str) -> nodes.Template:
+    try:
+        return ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno) from None
+
+
+def expression_source(expr: str) -> str:
+    """An expression wrapped as a template, so one parser serves both."""
+    return "{{ (" + expr + ") }}"
+
+
+def references(source: str) -> set[str]:
+    """Every free name a template uses (not counting Jinja's own globals)."""
+    return set(meta.find_undeclared_variables(parse(source))) - GLOBAL_NAMES
+
+
+def unsafe_access(source: str) -> list[str]:
+    """Attribute or item names that reach Python internals (``__class__`` and friends)."""
+    found: list[str] = []
+    for node in parse(source).find_all((nodes.Getattr, nodes.Getitem)):
+        name = node.attr if isinstance(node, nodes.Getattr) else None
+        if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+            name = node.arg.value if isinstance(node.arg.value, str) else None
+        if name and name.startswith("_"):
+            found.append(name)
+    return found
+
+
+def render(source: str, context: dict[str, Any]) -> str:
+    """Render a template; undefined names and unsafe access are errors."""
+    try:
+        return ENV.from_string(parse(source)).render(context)  # type: ignore[arg-type]
+    except UndefinedError as exc:
+        raise TemplateProblem(f"undefined name: {exc.message}") from None
+    except SecurityError as exc:
+        raise TemplateProblem(f"refused by the sandbox: {exc}") from None
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno) from None
+    except Exception as exc:  # errors inside filters and tests of user templates
+        raise TemplateProblem(f"{type(exc).__name__}: {exc}") from None
+
+
+def evaluate(expr: str, context: dict[str, Any]) -> Any:
+    """Evaluate an expression (``when``, ``until``, ``for_each``) to a Python value."""
+    parse(expression_source(expr))  # syntax errors with a clear message
+    try:
+        fn = ENV.compile_expression(expr, undefined_to_none=False)
+        return fn(**context)
+    except UndefinedError as exc:
+        raise TemplateProblem(f"undefined name: {exc.message}") from None
+    except SecurityError as exc:
+        raise TemplateProblem(f"refused by the sandbox: {exc}") from None
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"expression syntax error: {exc.message}") from None
+    except Exception as exc:
+        raise TemplateProblem(f"{type(exc).__name__}: {exc}") from None

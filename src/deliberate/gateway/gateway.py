@@ -1,0 +1,325 @@
+"""The gateway: one ``generate`` for every model, local or remote.
+
+It resolves the model and strategy, checks constraints and the context window, and calls the
+backend through the layers of :mod:`deliberate.gateway.layers`: response cache, cost budget,
+per-endpoint circuit breaker and rate limit, timeout, retries with backoff, then the strategy's
+fallbacks. It knows no flows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from ..config import Settings, get_settings, scrub
+from ..errors import (
+    BudgetExceeded,
+    CapacityError,
+    DeliberateError,
+    InputError,
+    ProviderError,
+    RegistryError,
+    ValidationError,
+)
+from ..registry import ModelSpec, Registry, StrategySpec
+from .contracts import (
+    Attempt,
+    Backend,
+    BackendCall,
+    EventCallback,
+    GatewayEvent,
+    GenerationRequest,
+    GenerationResult,
+    Sampling,
+    Timings,
+    TokenCallback,
+    Usage,
+)
+from .layers import Breaker, Budget, RateLimit, ResponseCache, backoff_delay
+
+log = logging.getLogger("deliberate.gateway")
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap token estimate (about four characters a token) for limits and budgets."""
+    return max(1, len(text) // 4)
+
+
+def load_backend(provider: str, settings: Settings) -> Backend:
+    """Create the backend registered under ``provider`` in the ``deliberate.backends`` entry
+    point group. The built-in backends register there too, so the plugin path is always used."""
+    for ep in entry_points(group="deliberate.backends"):
+        if ep.name == provider:
+            factory = ep.load()
+            return factory(settings)  # type: ignore[no-any-return]
+    known = sorted({ep.name for ep in entry_points(group="deliberate.backends")})
+    raise RegistryError(f"no backend for provider {provider!r}", hint=f"known: {', '.join(known)}")
+
+
+class Gateway:
+    """``await Gateway(registry).generate(GenerationRequest(...))``."""
+
+    def __init__(
+        self,
+        registry: Registry | None = None,
+        *,
+        settings: Settings | None = None,
+        backends: dict[str, Backend] | None = None,
+        budget: Budget | None = None,
+        cache: ResponseCache | None = None,
+        retry_base_s: float = 0.5,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.registry = registry or Registry.load(self.settings)
+        self._backends: dict[str, Backend] = dict(backends or {})
+        self.budget = budget or Budget(None)
+        self.cache = cache
+        if self.cache is None and self.settings.cache:
+            self.cache = ResponseCache(self.settings.response_cache())
+        self.retry_base_s = retry_base_s
+        self._breakers: dict[str, Breaker] = {}
+        self._limits: dict[str, RateLimit] = {}
+        self._listeners: list[EventCallback] = []
+        self.events: list[GatewayEvent] = []
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def subscribe(self, listener: EventCallback) -> Callable[[], None]:
+        """Receive every gateway event (breaker changes, retries, fallbacks)."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _emit(self, event: GatewayEvent) -> None:
+        self.events.append(event)
+        for listener in list(self._listeners):
+            listener(event)
+
+    def backend(self, provider: str) -> Backend:
+        if provider not in self._backends:
+            self._backends[provider] = load_backend(provider, self.settings)
+        return self._backends[provider]
+
+    def breaker(self, endpoint: str) -> Breaker:
+        if endpoint not in self._breakers:
+            self._breakers[endpoint] = Breaker(
+                endpoint,
+                self.settings.circuit_breaker_max_failures,
+                self.settings.circuit_breaker_timeout,
+                self._emit,
+            )
+        return self._breakers[endpoint]
+
+    def breaker_state(self, endpoint: str) -> str:
+        """``closed``, ``open`` or ``half-open`` (``closed`` for an endpoint not used yet)."""
+        b = self._breakers.get(endpoint)
+        return b.state if b else "closed"
+
+    def rate_limit(self, spec: ModelSpec) -> RateLimit | None:
+        if spec.rate_limit is None:
+            return None
+        if spec.endpoint not in self._limits:
+            self._limits[spec.endpoint] = RateLimit(spec.rate_limit.rpm, spec.rate_limit.max_concurrent)
+        return self._limits[spec.endpoint]
+
+    # -- resolution ---------------------------------------------------------------------------
+    def resolve(self, request: GenerationRequest) -> tuple[ModelSpec, StrategySpec, Sampling, int]:
+        """The model, strategy, sampling and max_tokens a request resolves to."""
+        spec = self.registry.model(request.model_key or self.registry.default_model)
+        strategy = self.registry.strategy(
+            request.strategy or spec.default_strategy or self.registry.default_strategy
+        )
+        sampling = strategy.sampling.model_copy()
+        if request.temperature is not None:
+            sampling.temperature = request.temperature
+        if request.seed is not None:
+            sampling.seed = request.seed
+        max_tokens = request.max_tokens or strategy.limits.max_tokens or self.settings.max_tokens_default
+        return spec, strategy, sampling, max_tokens
+
+    # -- the call -----------------------------------------------------------------------------
+    async def generate(
+        self,
+        request: GenerationRequest,
+        on_token: TokenCallback | None = None,
+        on_event: EventCallback | None = None,
+    ) -> GenerationResult:
+        """Answer one request, walking the strategy's fallbacks when a model fails."""
+        started = time.perf_counter()
+        spec, strategy, sampling, max_tokens = self.resolve(request)
+        candidates = [spec.key] + [k for k in strategy.fallbacks if k != spec.key]
+        attempts: list[Attempt] = []
+        events: list[GatewayEvent] = []
+
+        def emit(ev: GatewayEvent) -> None:
+            events.append(ev)
+            if on_event:
+                on_event(ev)
+
+        unsubscribe = self.subscribe(emit)
+        failures: list[str] = []
+        try:
+            for i, key in enumerate(candidates):
+                model = self.registry.model(key)
+                if i > 0:
+                    self._emit(GatewayEvent(kind="fallback", endpoint=model.endpoint, model_key=key,
+                                            detail=f"after: {failures[-1]}", at=time.time()))
+                try:
+                    result = await self._call_model(
+                        model, strategy, sampling, max_tokens, request, attempts, on_token
+                    )
+                except BudgetExceeded:
+                    raise
+                except (ProviderError, CapacityError, ValidationError) as exc:
+                    failures.append(f"{key}: {exc.line()}")
+                    if isinstance(exc, ProviderError) and not exc.trips_breaker and "breaker" not in exc.message:
+                        # Bad request / missing key: the same request fails on every model only if
+                        # it is the request's fault; try the fallbacks anyway, they may differ.
+                        pass
+                    continue
+                result.attempts = attempts
+                result.events = events
+                result.strategy = strategy.name
+                result.timings.total_time = time.perf_counter() - started
+                return result
+        finally:
+            unsubscribe()
+        if len(failures) == 1:
+            raise ProviderError(failures[0].split(": ", 1)[1], where=f"model {candidates[0]!r}")
+        raise ProviderError(
+            "every model failed: " + "; ".join(failures),
+            hint="see the run record for each attempt",
+        )
+
+    async def _call_model(
+        self,
+        spec: ModelSpec,
+        strategy: StrategySpec,
+        sampling: Sampling,
+        max_tokens: int,
+        request: GenerationRequest,
+        attempts: list[Attempt],
+        on_token: TokenCallback | None,
+    ) -> GenerationResult:
+        prompt_text = "\n".join(m.content for m in request.messages)
+        prompt_est = estimate_tokens(prompt_text)
+        if prompt_est + max_tokens > spec.context_window:
+            raise CapacityError(
+                f"prompt (~{prompt_est} tokens) + max_tokens {max_tokens} exceed the context window "
+                f"of {spec.key} ({spec.context_window})",
+                hint="shorten the inputs, lower max_tokens or pick a model with a larger window",
+            )
+        limit = request.constraints.max_vram_gb
+        if limit is not None and spec.min_vram_gb and spec.min_vram_gb > limit:
+            raise CapacityError(f"{spec.key} needs {spec.min_vram_gb} GB VRAM, the request allows {limit} GB")
+
+        backend = self.backend(spec.provider)
+        call = BackendCall(model_key=spec.key, spec=spec, messages=request.messages,
+                           sampling=sampling, max_tokens=max_tokens, timeout_s=strategy.limits.timeout_s)
+
+        cache_key = None
+        if self.cache is not None and sampling.deterministic:
+            identity = spec.model_dump(include={"provider", "source", "litellm_model", "api_base",
+                                                "quantization", "dtype"})
+            cache_key = ResponseCache.key({"model": identity, "messages": [m.model_dump() for m in request.messages],
+                                           "sampling": sampling.model_dump(), "max_tokens": max_tokens})
+            hit = self.cache.get(cache_key)
+            if hit is not None:
+                attempts.append(Attempt(model_key=spec.key, ok=True, seconds=0.0))
+                if on_token:
+                    on_token(hit.text)
+                return hit.model_copy(update={"cache_hit": True, "usage": hit.usage.model_copy(update={"cost_usd": 0.0})})
+
+        self.budget.check(self._estimate_cost(backend, spec, prompt_est, max_tokens), f"a call to {spec.key}")
+
+        breaker = self.breaker(spec.endpoint)
+        rate = self.rate_limit(spec)
+        timeout = strategy.limits.timeout_s
+        request_timeout = request.constraints.latency_budget_s
+        if request_timeout is not None:
+            timeout = min(timeout or request_timeout, request_timeout)
+
+        async def once() -> Any:
+            async def inner() -> Any:
+                if timeout is None:
+                    return await backend.generate(call, on_token)
+                try:
+                    return await asyncio.wait_for(backend.generate(call, on_token), timeout)
+                except TimeoutError:
+                    raise ProviderError(f"no answer from {spec.key} within {timeout:g}s",
+                                        transient=True) from None
+
+            if rate is None:
+                return await breaker.call(inner)
+            async with rate:
+                return await breaker.call(inner)
+
+        last: DeliberateError | None = None
+        for attempt in range(strategy.limits.max_retries + 1):
+            t0 = time.perf_counter()
+            try:
+                reply = await once()
+            except (ProviderError, CapacityError, ValidationError) as exc:
+                exc.message = scrub(exc.message)
+                attempts.append(Attempt(model_key=spec.key, ok=False, error=exc.line(),
+                                        error_type=type(exc).__name__, seconds=time.perf_counter() - t0))
+                last = exc
+                if isinstance(exc, ProviderError) and exc.transient and attempt < strategy.limits.max_retries \
+                        and breaker.state == "closed":
+                    delay = backoff_delay(attempt, self.retry_base_s, retry_after=exc.retry_after)
+                    self._emit(GatewayEvent(kind="retry", endpoint=spec.endpoint, model_key=spec.key,
+                                            detail=f"attempt {attempt + 1} failed ({exc.message}); "
+                                                   f"retrying in {delay:.2f}s", at=time.time()))
+                    await asyncio.sleep(delay)
+                    continue
+                raise
+            except (InputError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # a backend bug: report it as a provider error, never a traceback
+                err = ProviderError(scrub(f"{type(exc).__name__}: {exc}"), where=f"backend {backend.name}")
+                attempts.append(Attempt(model_key=spec.key, ok=False, error=err.line(),
+                                        error_type="ProviderError", seconds=time.perf_counter() - t0))
+                raise err from exc
+            elapsed = time.perf_counter() - t0
+            attempts.append(Attempt(model_key=spec.key, ok=True, seconds=elapsed))
+            if not reply.text.strip() and reply.completion_tokens == 0 and reply.finish_reason not in ("length",):
+                # an empty answer is still an answer; leave judging it to the flow
+                pass
+            cost = reply.cost_usd
+            if cost is None:
+                cost = spec.cost_profile.cost(reply.prompt_tokens, reply.completion_tokens) if spec.cost_profile else 0.0
+            result = GenerationResult(
+                text=reply.text,
+                tokens_generated=reply.completion_tokens,
+                timings=Timings(load_time=reply.load_time, inference_time=reply.inference_time,
+                                total_time=elapsed),
+                usage=Usage(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                            cost_usd=cost),
+                source=reply.source,
+                cache_hit=False,
+                model_resolved=spec.key,
+                model_name=reply.model_name,
+                sampling=sampling,
+                max_tokens=max_tokens,
+                finish_reason=reply.finish_reason,
+            )
+            if cache_key is not None and self.cache is not None:
+                self.cache.put(cache_key, result)
+            try:
+                self.budget.charge(cost)
+            except BudgetExceeded as exc:
+                exc.result = result  # type: ignore[attr-defined]
+                raise
+            return result
+        assert last is not None
+        raise last
+
+    def _estimate_cost(self, backend: Backend, spec: ModelSpec, prompt_tokens: int, max_tokens: int) -> float:
+        if spec.cost_profile is not None:
+            return spec.cost_profile.cost(prompt_tokens, max_tokens)
+        estimate = getattr(backend, "estimate_cost", None)
+        if estimate is None:
+            return 0.0
+        return float(estimate(spec, prompt_tokens, max_tokens))

@@ -1,0 +1,173 @@
+"""Small layers the gateway composes around a backend: breaker, rate limit, retry, budget, cache.
+
+Each is tested alone (tests/test_gateway_layers.py) and composed in one place,
+:meth:`deliberate.gateway.Gateway._call_model`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pybreaker
+
+from ..errors import BudgetExceeded, ProviderError
+from .contracts import GatewayEvent, GenerationResult
+
+
+class Breaker:
+    """A pybreaker circuit breaker around async calls, turning state changes into events.
+
+    pybreaker does not count failures of a decorated ``async def``; ``calling()`` around the await
+    does. Errors marked ``trips_breaker=False`` (bad request, authentication) are not outages.
+    """
+
+    def __init__(self, endpoint: str, fail_max: int, reset_timeout: float,
+                 emit: Callable[[GatewayEvent], None]) -> None:
+        self.endpoint = endpoint
+        self._emit = emit
+        outer = self
+
+        class _Listener(pybreaker.CircuitBreakerListener):
+            def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+                kind = {"open": "breaker_open", "half-open": "breaker_half_open",
+                        "closed": "breaker_closed"}[new_state.name]
+                outer._emit(GatewayEvent(kind=kind, endpoint=endpoint, at=time.time(),
+                                         detail=f"{old_state.name} -> {new_state.name}"))
+
+        self.cb = pybreaker.CircuitBreaker(
+            fail_max=fail_max,
+            reset_timeout=reset_timeout,
+            exclude=[lambda e: isinstance(e, ProviderError) and not e.trips_breaker],
+            listeners=[_Listener()],
+            name=endpoint,
+            throw_new_error_on_trip=False,
+        )
+
+    @property
+    def state(self) -> str:
+        return str(self.cb.current_state)
+
+    async def call(self, make: Callable[[], Any]) -> Any:
+        try:
+            with self.cb.calling():
+                return await make()
+        except pybreaker.CircuitBreakerError:
+            raise ProviderError(
+                f"circuit breaker for {self.endpoint} is open",
+                hint=f"it retries after {self.cb.reset_timeout:g}s",
+                transient=False,
+                trips_breaker=False,
+            ) from None
+
+
+class RateLimit:
+    """Requests per minute (aiolimiter) and a cap on concurrent requests, per endpoint."""
+
+    def __init__(self, rpm: float | None, max_concurrent: int | None) -> None:
+        from aiolimiter import AsyncLimiter
+
+        self.limiter = AsyncLimiter(rpm, 60) if rpm else None
+        self.sem = asyncio.Semaphore(max_concurrent) if max_concurrent else None
+        self.in_flight = 0
+        self.peak = 0
+
+    async def __aenter__(self) -> RateLimit:
+        if self.sem:
+            await self.sem.acquire()
+        if self.limiter:
+            await self.limiter.acquire()
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.in_flight -= 1
+        if self.sem:
+            self.sem.release()
+
+
+def backoff_delay(attempt: int, base: float = 0.5, cap: float = 20.0,
+                  retry_after: float | None = None, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter; a server's Retry-After wins when it is longer."""
+    rng = rng or random
+    delay = rng.uniform(0, min(cap, base * (2 ** attempt)))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap * 3))
+    return delay
+
+
+class Budget:
+    """A run's cost budget, enforced before a call (estimate) and after it (real usage)."""
+
+    def __init__(self, max_cost_usd: float | None) -> None:
+        self.max_cost_usd = max_cost_usd
+        self.spent_usd = 0.0
+
+    def check(self, estimate_usd: float, what: str) -> None:
+        if self.max_cost_usd is None:
+            return
+        if self.spent_usd + estimate_usd > self.max_cost_usd + 1e-12:
+            raise BudgetExceeded(
+                f"{what} would cost up to ${estimate_usd:.6f}; ${self.spent_usd:.6f} of the "
+                f"${self.max_cost_usd:.6f} budget is spent",
+                hint="raise --max-cost or use cheaper models",
+            )
+
+    def charge(self, cost_usd: float) -> None:
+        self.spent_usd += cost_usd
+        if self.max_cost_usd is not None and self.spent_usd > self.max_cost_usd + 1e-12:
+            raise BudgetExceeded(
+                f"spent ${self.spent_usd:.6f}, over the ${self.max_cost_usd:.6f} budget",
+                hint="raise --max-cost or use cheaper models",
+            )
+
+
+class ResponseCache:
+    """An on-disk cache of answers to deterministic calls (temperature 0 or a fixed seed)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @staticmethod
+    def key(parts: dict[str, Any]) -> str:
+        blob = json.dumps(parts, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> GenerationResult | None:
+        path = self._path(key)
+        try:
+            return GenerationResult.model_validate_json(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def put(self, key: str, result: GenerationResult) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(result.model_dump_json())
+        os.replace(tmp, path)
+
+    def entries(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(self.directory.glob("*/*.json"))
+
+    def clear(self) -> int:
+        n = 0
+        for p in self.entries():
+            p.unlink(missing_ok=True)
+            n += 1
+        return n

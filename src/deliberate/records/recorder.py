@@ -1,0 +1,134 @@
+"""The run record as a subscriber of the engine's event stream, written after every step."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..config import scrub
+from ..engine.events import (
+    CallFailed,
+    CallFinished,
+    Event,
+    GatewayNotice,
+    JudgeScored,
+    RoundFinished,
+    RunFinished,
+    RunStarted,
+    StepFailed,
+    StepFinished,
+    StepSkipped,
+    StepStarted,
+    VoteDecided,
+)
+from ..engine.values import as_text, from_json
+from .schema import CallRecord, FailureRecord, JudgeRecord, RoundRecord, RunRecord, StepRecord, VoteRecord
+from .store import record_path, write_atomic
+
+
+class Recorder:
+    """Builds the :class:`RunRecord` from events; writes it atomically unless ``runs_dir`` is None."""
+
+    def __init__(self, runs_dir: Path | None, base: RunRecord | None = None) -> None:
+        self.runs_dir = runs_dir
+        self.base = base  # resume: continue this record instead of starting a new one
+        self.record: RunRecord | None = None
+        self.path: Path | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.record = RunRecord(
+                run_id=event.run_id, parent_run_id=event.parent_run_id, created_at=event.at,
+                flow_name=event.flow_name, flow_source=event.flow_source, flow_hash=event.flow_hash,
+                flow=event.flow, inputs=event.inputs, options=event.options, order=event.order,
+                output_step=event.output_step, reused_steps=event.reused_steps,
+                deliberate_version=__version__,
+                steps={n: StepRecord(name=n, kind=event.flow["steps"][n].get("kind", "generate"))
+                       for n in event.order},
+            )
+            if self.base is not None and self.base.run_id == event.run_id:
+                self.record = self.base.model_copy(deep=True)
+                self.record.status, self.record.error, self.record.error_type = "running", None, None
+                self.record.finished_at = None
+                for s in self.record.steps.values():
+                    if s.status in ("running", "failed"):
+                        s.status = "pending"
+            if self.runs_dir is not None:
+                self.path = record_path(self.runs_dir, event.run_id)
+            self.save()
+            return
+        rec = self.record
+        if rec is None:
+            return
+        step = rec.steps.get(getattr(event, "step", "") or "")
+        if isinstance(event, StepStarted) and step is not None:
+            if step.started_at is None or event.round > step.round:
+                step.started_at = event.at
+            step.status, step.round = "running", event.round
+        elif isinstance(event, CallFinished) and step is not None:
+            step.calls.append(CallRecord(**event.call.model_dump(), round=event.round, branch=event.branch,
+                                         item=event.item, attempt=event.attempt))
+        elif isinstance(event, CallFailed) and step is not None:
+            step.failures.append(FailureRecord(round=event.round, branch=event.branch, error=event.error,
+                                               error_type=event.error_type))
+        elif isinstance(event, StepFinished) and step is not None:
+            if event.reused and self.base is not None and step.status in ("succeeded", "skipped"):
+                return  # resume: the finished step stays as it was recorded
+            step.status = "reused" if event.reused else "succeeded"
+            step.value, step.round = event.value, event.round
+            step.output = as_text(from_json(event.value))
+            step.finished_at = event.at
+            step.error = step.error_type = None
+            if step.started_at is None:
+                step.started_at = event.started_at or event.at
+            self.save()
+        elif isinstance(event, StepSkipped) and step is not None:
+            step.status, step.skipped_when, step.decided_by = "skipped", event.when, event.decided_by
+            step.value, step.output, step.finished_at = {"type": "text", "text": ""}, "", event.at
+            self.save()
+        elif isinstance(event, StepFailed) and step is not None:
+            step.status, step.error, step.error_type = "failed", event.error, event.error_type
+            step.finished_at = event.at
+            self.save()
+        elif isinstance(event, JudgeScored) and step is not None:
+            step.judge.append(JudgeRecord(attempt=event.attempt, score=event.score, threshold=event.threshold,
+                                          passed=event.passed, feedback=event.feedback))
+        elif isinstance(event, VoteDecided) and step is not None:
+            step.vote = VoteRecord(counts=event.counts, winner=event.winner, tie=event.tie,
+                                   tie_rule=event.tie_rule, tied=event.tied)
+        elif isinstance(event, RoundFinished):
+            rec.rounds.append(RoundRecord(round=event.round, stop_reason=event.stop_reason,
+                                          until_value=event.until_value, at=event.at))
+            for name, value in event.outputs.items():
+                rec.steps[name].rounds.append({"round": event.round, "value": value})
+            self.save()
+        elif isinstance(event, GatewayNotice):
+            rec.events.append(event.event)
+        elif isinstance(event, RunFinished):
+            rec.status, rec.output, rec.error = event.status, event.output, event.error
+            rec.error_type, rec.finished_at = event.error_type, event.at
+            # Totals from the recorded calls: a resumed run counts what it did before, too.
+            calls = [c for s in rec.steps.values() for c in s.calls]
+            rec.totals = event.totals.model_copy(update={
+                "steps": sum(1 for s in rec.steps.values() if s.status in ("succeeded", "reused")),
+                "calls": sum(1 for c in calls if not c.cache_hit),
+                "prompt_tokens": sum(c.prompt_tokens for c in calls),
+                "completion_tokens": sum(c.completion_tokens for c in calls),
+                "cost_usd": sum(c.cost_usd for c in calls),
+            })
+            if self.base is not None:
+                rec.totals.wall_s += self.base.totals.wall_s
+            for s in rec.steps.values():
+                if s.status == "running":
+                    s.status = "failed" if event.status == "failed" else "pending"
+            self.save()
+
+    def save(self) -> None:
+        if self.record is None or self.path is None:
+            return
+        # Secrets never reach a record: scrub the text as written, whatever field held them.
+        write_atomic(self.path, scrub(self.record.model_dump_json(indent=1)))
+
+    def touch(self) -> float:
+        return time.time()

@@ -1,0 +1,115 @@
+"""The run record: one JSON document per run under ``runs/<id>.json``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..engine.events import CallInfo, Totals
+from ..gateway.contracts import GatewayEvent
+
+SCHEMA_VERSION = 1
+RECORD_KIND = "deliberate.run"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CallRecord(CallInfo):
+    round: int = 1
+    branch: int | None = None
+    item: Any = None
+    attempt: int = 1
+
+
+class FailureRecord(_Model):
+    round: int = 1
+    branch: int | None = None
+    error: str
+    error_type: str
+
+
+class JudgeRecord(_Model):
+    attempt: int
+    score: float
+    threshold: float
+    passed: bool
+    feedback: str
+
+
+class VoteRecord(_Model):
+    counts: dict[str, int]
+    winner: str
+    tie: bool
+    tie_rule: str
+    tied: list[str] = Field(default_factory=list)
+
+
+class StepRecord(_Model):
+    name: str
+    kind: str
+    status: Literal["pending", "running", "succeeded", "failed", "skipped", "reused"] = "pending"
+    round: int = 1
+    started_at: float | None = None
+    finished_at: float | None = None
+    value: Any = None
+    output: str | None = None
+    skipped_when: str | None = None
+    decided_by: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    calls: list[CallRecord] = Field(default_factory=list)
+    failures: list[FailureRecord] = Field(default_factory=list)
+    judge: list[JudgeRecord] = Field(default_factory=list)
+    vote: VoteRecord | None = None
+    rounds: list[dict[str, Any]] = Field(default_factory=list)  # value per finished round
+
+
+class RoundRecord(_Model):
+    round: int
+    stop_reason: str | None = None
+    until_value: Any = None
+    at: float = 0.0
+
+
+class RunRecord(_Model):
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["deliberate.run"] = RECORD_KIND
+    run_id: str
+    parent_run_id: str | None = None
+    status: Literal["running", "succeeded", "failed", "interrupted"] = "running"
+    created_at: float
+    finished_at: float | None = None
+    flow_name: str
+    flow_source: str
+    flow_hash: str
+    flow: dict[str, Any]
+    inputs: dict[str, Any]
+    options: dict[str, Any]
+    order: list[str]
+    output_step: str
+    reused_steps: list[str] = Field(default_factory=list)
+    steps: dict[str, StepRecord] = Field(default_factory=dict)
+    rounds: list[RoundRecord] = Field(default_factory=list)
+    events: list[GatewayEvent] = Field(default_factory=list)
+    output: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    totals: Totals = Field(default_factory=Totals)
+    deliberate_version: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """The short form for ``--json`` and ``runs list``."""
+        return {
+            "run_id": self.run_id, "status": self.status, "flow": self.flow_name,
+            "parent_run_id": self.parent_run_id, "created_at": self.created_at,
+            "finished_at": self.finished_at, "output_step": self.output_step,
+            "error": self.error, "error_type": self.error_type, "totals": self.totals.model_dump(),
+            "steps": {n: {"status": s.status, "calls": len(s.calls),
+                          "tokens": sum(c.prompt_tokens + c.completion_tokens for c in s.calls),
+                          "cost_usd": sum(c.cost_usd for c in s.calls),
+                          "models": sorted({c.model_key for c in s.calls})}
+                      for n, s in self.steps.items()},
+        }

@@ -1,0 +1,121 @@
+"""Reading and writing run records: atomic writes, clean errors for bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError as PydanticValidationError
+
+from ..errors import RecordError
+from .schema import RECORD_KIND, SCHEMA_VERSION, RunRecord
+
+MAX_RECORD_BYTES = 200_000_000
+
+
+def record_path(runs_dir: Path, run_id: str) -> Path:
+    return runs_dir / f"{run_id}.json"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file so a reader (or a crash) never sees half of it: temp file + rename in the
+    same directory, fsync'd."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(record: RunRecord, runs_dir: Path) -> Path:
+    path = record_path(runs_dir, record.run_id)
+    write_atomic(path, record.model_dump_json(indent=1))
+    return path
+
+
+def load(path: Path) -> RunRecord:
+    """Load and validate a record; one clean error for a missing, corrupt or foreign file."""
+    where = str(path)
+    if not path.exists():
+        raise RecordError("no such run record", where=where, hint="see: deliberate runs list")
+    if path.is_dir():
+        raise RecordError("is a directory, not a run record", where=where)
+    if path.stat().st_size > MAX_RECORD_BYTES:
+        raise RecordError("file is too large to be a run record", where=where)
+    try:
+        data: Any = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise RecordError("not a run record (not UTF-8 text)", where=where) from None
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                          "the file is truncated or corrupt", where=where) from None
+    if not isinstance(data, dict) or data.get("kind") != RECORD_KIND:
+        raise RecordError("not a deliberate run record", where=where,
+                          hint="pass a file from runs/ written by 'deliberate run'")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise RecordError(f"record schema version {version!r} is newer than this deliberate "
+                          f"understands ({SCHEMA_VERSION})", where=where, hint="upgrade deliberate")
+    try:
+        return RunRecord.model_validate(data)
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise RecordError(f"invalid run record: {field}: {err['msg']}", where=where) from None
+
+
+def find(ref: str, runs_dir: Path) -> Path:
+    """A record by path, by run id, or by a unique prefix of a run id."""
+    p = Path(ref)
+    if p.suffix == ".json" or p.exists():
+        return p
+    exact = record_path(runs_dir, ref)
+    if exact.exists():
+        return exact
+    matches = sorted(runs_dir.glob(f"{ref}*.json")) if runs_dir.is_dir() else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise RecordError(f"run id prefix {ref!r} is ambiguous ({len(matches)} runs)", hint="give more characters")
+    raise RecordError(f"no run {ref!r} in {runs_dir}", hint="see: deliberate runs list")
+
+
+def list_records(runs_dir: Path, limit: int | None = None, flow: str | None = None) -> list[RunRecord]:
+    """Recent records first; unreadable files are skipped."""
+    if not runs_dir.is_dir():
+        return []
+    out: list[RunRecord] = []
+    for path in sorted(runs_dir.glob("*.json"), reverse=True):
+        try:
+            rec = load(path)
+        except RecordError:
+            continue
+        if flow and rec.flow_name != flow:
+            continue
+        out.append(rec)
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+def recent_history(runs_dir: Path, flow: str, limit: int) -> list[dict[str, Any]]:
+    """The ``history`` function step's data: recent finished runs of a flow."""
+    out = []
+    for rec in list_records(runs_dir, None, flow):
+        if rec.status == "running":
+            continue
+        out.append({"run_id": rec.run_id, "status": rec.status, "created_at": rec.created_at,
+                    "prompt": str(rec.inputs.get("prompt", ""))[:200],
+                    "output": (rec.output or "")[:300]})
+        if len(out) >= limit:
+            break
+    return out

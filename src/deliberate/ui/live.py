@@ -1,0 +1,79 @@
+"""The live view: a subscriber that keeps its own record of the run and redraws the tree."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from ..engine.events import (
+    Event,
+    GatewayNotice,
+    RunFinished,
+    StepFailed,
+    StepFinished,
+    StepSkipped,
+    Token,
+)
+from ..records.recorder import Recorder
+from .render import step_tree, summary_line
+
+
+class LiveView:
+    """Shows the steps as a tree with state, streaming tokens, time, tokens and cost per step.
+
+    On a terminal it redraws in place (rich Live); elsewhere it prints one line per finished step,
+    so logs of CI runs stay readable."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.recorder = Recorder(None)
+        self.streaming: dict[str, str] = {}
+        self.live: Live | None = None
+        self.interactive = console.is_terminal
+
+    def __call__(self, event: Event) -> None:
+        self.recorder(event)
+        rec = self.recorder.record
+        if rec is None:
+            return
+        if isinstance(event, Token):
+            self.streaming[event.step] = self.streaming.get(event.step, "") + event.text
+        elif isinstance(event, (StepFinished, StepFailed, StepSkipped)):
+            self.streaming.pop(event.step, None)
+            if not self.interactive:
+                step = rec.steps[event.step]
+                icon = {"succeeded": "ok", "reused": "reused", "failed": "FAILED", "skipped": "skipped"}.get(
+                    step.status, step.status)
+                extra = f" ({step.error})" if step.error else ""
+                self.console.print(f"  {icon:8} {event.step}{extra}", highlight=False)
+        elif isinstance(event, GatewayNotice) and not self.interactive:
+            ev = event.event
+            self.console.print(f"  {ev.kind:8} {ev.endpoint} {ev.detail}", highlight=False, style="yellow")
+        if self.interactive:
+            if self.live is None:
+                self.live = Live(self.render(), console=self.console, refresh_per_second=8, transient=False)
+                self.live.start()
+            elif isinstance(event, RunFinished):
+                self.live.update(self.render(), refresh=True)
+            else:
+                self.live.update(self.render())
+        if isinstance(event, RunFinished):
+            self.stop()
+            if not self.interactive:
+                self.console.print(summary_line(rec))
+
+    def render(self) -> object:
+        from rich.console import Group
+
+        rec = self.recorder.record
+        assert rec is not None
+        return Group(step_tree(rec, self.streaming, width=max(40, self.console.width - 10)), summary_line(rec))
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def note(self, text: str) -> None:
+        self.console.print(Text(text, style="dim"))
