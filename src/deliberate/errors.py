@@ -115,7 +115,7 @@ class BudgetExceeded(DeliberateError):
     """The run's cost budget (``--max-cost``) would be or was exceeded."""
 
 
-class StepFailed(DeliberateError):
+class StepError(DeliberateError):
     """A step of a flow failed; carries the step name and the cause."""
 
     def __init__(self, step: str, cause: BaseException) -> None:
@@ -135,6 +135,6 @@ __all__ = [
     "ProviderError",
     "RecordError",
     "RegistryError",
-    "StepFailed",
+    "StepError",
     "ValidationError",
 ]

@@ -88,7 +88,8 @@ class ModelSpec(_Model):
                 return f"litellm:{self.api_base}"
             prefix = (self.litellm_model or "").split("/", 1)[0] if "/" in (self.litellm_model or "") else "openai"
             return f"litellm:{prefix}"
-        return self.provider
+        # An in-process runtime fails per model (a bad file, no memory), not as a whole.
+        return f"{self.provider}:{self.key}"
 
 
 class Limits(_Model):

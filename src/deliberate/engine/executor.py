@@ -12,7 +12,7 @@ from typing import Any
 
 from ulid import ULID
 
-from ..errors import BudgetExceeded, DeliberateError, InputError, StepFailed
+from ..errors import BudgetExceeded, DeliberateError, InputError, StepError
 from ..flows.functions import function_kinds
 from ..flows.graph import for_each_expression
 from ..flows.loader import LoadedFlow
@@ -141,7 +141,7 @@ class _Run:
             status, error, etype, code = "interrupted", "interrupted by the user", "Interrupted", 130
             self.finish(status, error, etype, t0)
             raise
-        except StepFailed as exc:
+        except StepError as exc:
             status, error, etype = "failed", exc.line(), type(exc.cause).__name__
             code = exc.cause.exit_code if isinstance(exc.cause, InputError) else 1
         finally:
@@ -184,7 +184,7 @@ class _Run:
                 finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in finished:
                     name = running.pop(task)
-                    task.result()  # raises StepFailed
+                    task.result()  # raises StepError
                     done.add(name)
         finally:
             for task in running:
@@ -231,7 +231,7 @@ class _Run:
                 try:
                     until_value = bool(evaluate(spec.until, self.context()))
                 except TemplateProblem as exc:
-                    raise StepFailed("rounds", InputError(f"until: {exc.message}")) from None
+                    raise StepError("rounds", InputError(f"until: {exc.message}")) from None
             reason = "until" if until_value else "max" if r == max_rounds else None
             self.emit(RoundFinished(round=r, stop_reason=reason, until_value=until_value,  # type: ignore[arg-type]
                                     outputs={s: to_json(self.values[s]) for s in sub if s in self.values}))
@@ -276,7 +276,7 @@ class _Run:
             if step.optional and not isinstance(err, BudgetExceeded):
                 self.values[name] = ""
                 return
-            raise StepFailed(name, err) from None
+            raise StepError(name, err) from None
         self.values[name] = value
         self.totals.steps += 1
         self.emit(StepFinished(step=name, kind=step.kind, round=self.round, value=to_json(value),

@@ -1,0 +1,357 @@
+"""The remote backend: every model litellm reaches (OpenAI, Anthropic, Ollama, vLLM, TGI, ...).
+
+One ``litellm.acompletion`` call per attempt, always streamed, with litellm's own retries off:
+retries, backoff, the circuit breaker, rate limits and fallbacks are the gateway's layers. This
+module only turns one call into one :class:`Reply` and every failure into a typed
+:class:`ProviderError` the gateway knows how to treat:
+
+- bad key / bad request / unknown model: ``transient=False, trips_breaker=False`` (not an outage)
+- 429: transient, with ``retry_after`` from the server's ``Retry-After`` header
+- 5xx, connection errors, timeouts, malformed JSON, a stream cut off mid-way: transient
+
+litellm takes seconds to import and reads its price map from the network unless told not to, so
+it is imported on first use only, told to stay offline (``LITELLM_LOCAL_MODEL_COST_MAP``, no
+tokenizer downloads) and to keep quiet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from ...config import Settings, scrub
+from ...errors import ProviderError
+from ..contracts import BackendCall, Reply, TokenCallback
+
+log = logging.getLogger("deliberate.gateway.remote")
+
+_import_lock = threading.Lock()
+_litellm: Any = None
+
+#: Providers that authenticate with a bearer-style API key. When a model sets ``api_base`` but no
+#: ``api_key_env``, these get a placeholder key, so litellm never falls back to a provider key from
+#: the environment (``OPENAI_API_KEY``...) and sends it to a third-party server.
+_KEYED_PROVIDERS = frozenset({
+    "openai", "text-completion-openai", "custom_openai", "openai_like", "hosted_vllm", "lm_studio",
+    "llamafile", "xinference", "anthropic", "ollama", "ollama_chat", "huggingface",
+})
+_NO_KEY = "no-key-required"
+
+#: Providers whose APIs take ``top_k``; OpenAI's rejects it.
+_TOP_K_PROVIDERS = frozenset({"anthropic", "hosted_vllm", "ollama", "ollama_chat", "gemini", "vertex_ai"})
+
+#: litellm's loggers; they would print request details (never keys, but noise) to stderr.
+_LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm")
+
+
+def load_litellm() -> Any:
+    """Import litellm once, offline and quiet. Safe to call from any thread."""
+    global _litellm
+    if _litellm is not None:
+        return _litellm
+    with _import_lock:
+        if _litellm is None:
+            # Must be set before the import: otherwise litellm fetches its price map from GitHub.
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            import litellm
+
+            litellm.suppress_debug_info = True
+            # token_counter would download tokenizers from the HF hub for some model names.
+            litellm.disable_hf_tokenizer_download = True
+            for name in _LITELLM_LOGGERS:
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+            _litellm = litellm
+    return _litellm
+
+
+async def _load_litellm_async() -> Any:
+    if _litellm is not None:
+        return _litellm
+    # The first import takes seconds: keep the event loop (other calls, the live view) running.
+    return await asyncio.to_thread(load_litellm)
+
+
+def provider_of(spec: Any) -> str:
+    """The provider litellm routes ``spec.litellm_model`` to (``openai``, ``anthropic``, ...)."""
+    model = spec.litellm_model or ""
+    lit = _litellm if _litellm is not None else sys.modules.get("litellm")
+    if lit is not None:
+        try:
+            return str(lit.get_llm_provider(model, api_base=spec.api_base)[1])
+        except Exception:  # an unknown bare name: fall through to the prefix
+            pass
+    return model.split("/", 1)[0] if "/" in model else "openai"
+
+
+class RemoteBackend:
+    """The ``litellm`` provider of models.yaml. Cheap to construct; litellm loads on first call."""
+
+    name = "litellm"
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+
+    # -- the seam -----------------------------------------------------------------------------
+    async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
+        """Stream one completion from the model's server; see the module docstring for errors."""
+        spec = call.spec
+        key = _api_key(spec)  # a missing key fails here, before litellm loads or anything is sent
+        lit = await _load_litellm_async()
+        provider = provider_of(spec)
+        kwargs = _request(call, provider, key)
+        secrets = [key] if key and len(key) >= 6 else []
+        log.debug("litellm call: model=%s api_base=%s", spec.litellm_model, spec.api_base)
+
+        started = time.perf_counter()
+        parts: list[str] = []
+        usage: Any = None
+        finish: str | None = None
+        model_name = ""
+        stream: Any = None
+        try:
+            try:
+                stream = await lit.acompletion(**kwargs)
+            except Exception as exc:
+                raise _error(lit, exc, spec, secrets) from None
+            chunks = stream.__aiter__()
+            while True:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    raise _error(lit, exc, spec, secrets, streaming=bool(parts)) from None
+                model_name = getattr(chunk, "model", None) or model_name
+                if getattr(chunk, "usage", None) is not None:
+                    usage = chunk.usage
+                choices = getattr(chunk, "choices", None) or []
+                if not choices:
+                    continue
+                piece = getattr(choices[0].delta, "content", None)
+                if choices[0].finish_reason:
+                    finish = str(choices[0].finish_reason)
+                if piece:
+                    parts.append(piece)
+                    if on_token is not None:
+                        on_token(piece)  # a callback's own error is the caller's, not the provider's
+        finally:
+            if stream is not None and hasattr(stream, "aclose"):
+                try:
+                    await stream.aclose()  # release the connection, also on cancel (a timeout)
+                except Exception:  # closing a broken stream can fail again; nothing to keep
+                    pass
+        if finish is None:
+            # litellm checks this too; a partial answer must never pass for a whole one.
+            raise ProviderError(f"the stream from {spec.litellm_model} ended before the model finished",
+                                transient=True)
+        text = "".join(parts)
+        prompt_tokens, completion_tokens = _usage(lit, spec, call, text, usage)
+        return Reply(
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=None if spec.cost_profile is not None else _price(lit, spec, provider, prompt_tokens,
+                                                                        completion_tokens),
+            inference_time=time.perf_counter() - started,
+            source=provider,
+            model_name=model_name or spec.litellm_model or "",
+            finish_reason=finish,
+        )
+
+    def estimate_cost(self, spec: Any, prompt_tokens: int, max_tokens: int) -> float:
+        """Upper bound of one call's cost for the gateway's budget check (0.0 when unpriced).
+
+        Only called for models without a ``cost_profile``; pricing those needs litellm's map, so
+        this loads litellm when it is not loaded yet.
+        """
+        if spec.cost_profile is not None:
+            return float(spec.cost_profile.cost(prompt_tokens, max_tokens))
+        if not spec.litellm_model:
+            return 0.0
+        lit = load_litellm()
+        return _price(lit, spec, provider_of(spec), prompt_tokens, max_tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of a call
+
+
+def _api_key(spec: Any) -> str | None:
+    name = spec.api_key_env
+    if name:
+        value = os.environ.get(name, "").strip()
+        if not value:
+            raise ProviderError(
+                f"the environment variable {name} is not set (the API key of {spec.key or spec.litellm_model})",
+                hint=f"export {name}=... or set api_key_env in models.yaml",
+                transient=False,
+                trips_breaker=False,
+            )
+        return value
+    if spec.api_base and provider_of(spec) in _KEYED_PROVIDERS:
+        return _NO_KEY
+    return None  # the provider's own convention (OPENAI_API_KEY, ...), read by litellm
+
+
+def _request(call: BackendCall, provider: str, key: str | None) -> dict[str, Any]:
+    spec, sampling = call.spec, call.sampling
+    kwargs: dict[str, Any] = {
+        "model": spec.litellm_model,
+        "messages": [m.model_dump() for m in call.messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": call.max_tokens,
+        "temperature": sampling.temperature,
+        # The gateway retries; litellm's and the OpenAI SDK's own retries would multiply its attempts.
+        "num_retries": 0,
+        "max_retries": 0,
+        # A parameter a provider lacks (seed on Anthropic) is dropped instead of failing the call.
+        "drop_params": True,
+    }
+    if sampling.top_p < 1.0:  # some APIs refuse temperature and top_p together; 1.0 is the default
+        kwargs["top_p"] = sampling.top_p
+    if sampling.seed is not None:
+        kwargs["seed"] = sampling.seed
+    if sampling.top_k is not None and provider in _TOP_K_PROVIDERS:
+        kwargs["top_k"] = sampling.top_k
+    if spec.api_base:
+        kwargs["api_base"] = spec.api_base
+    if key is not None:
+        kwargs["api_key"] = key
+    if call.timeout_s is not None:
+        kwargs["timeout"] = call.timeout_s
+    return kwargs
+
+
+def _usage(lit: Any, spec: Any, call: BackendCall, text: str, usage: Any) -> tuple[int, int]:
+    prompt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage is not None else 0
+    completion = int(getattr(usage, "completion_tokens", 0) or 0) if usage is not None else 0
+    if prompt and (completion or not text):
+        return prompt, completion
+    # The server sent no usage: count locally (tiktoken; never a tokenizer download).
+    messages = [m.model_dump() for m in call.messages]
+    try:
+        prompt = prompt or int(lit.token_counter(model=spec.litellm_model, messages=messages))
+        completion = completion or (int(lit.token_counter(model=spec.litellm_model, text=text)) if text else 0)
+    except Exception:
+        prompt = prompt or max(1, sum(len(m["content"]) for m in messages) // 4)
+        completion = completion or (max(1, len(text) // 4) if text else 0)
+    return prompt, completion
+
+
+def _price(lit: Any, spec: Any, provider: str, prompt_tokens: int, completion_tokens: int) -> float:
+    """litellm's price map; 0.0 for a model it does not know (a self-hosted one, say)."""
+    try:
+        p, c = lit.cost_per_token(model=spec.litellm_model, prompt_tokens=prompt_tokens,
+                                  completion_tokens=completion_tokens, custom_llm_provider=provider)
+        return float(p) + float(c)
+    except Exception:
+        return 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+def _error(lit: Any, exc: BaseException, spec: Any, secrets: list[str], streaming: bool = False) -> ProviderError:
+    """Map a litellm / transport exception to the gateway's :class:`ProviderError`."""
+    original = getattr(exc, "original_exception", None)
+    if isinstance(original, Exception) and original is not exc and not isinstance(original, str):
+        inner = _error(lit, original, spec, secrets, streaming)
+        if not (isinstance(exc, lit.MidStreamFallbackError) and inner.message.startswith("unexpected")):
+            return inner
+    model = spec.litellm_model
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) else None
+    detail = _detail(exc)
+    where = " mid-stream" if streaming else ""
+
+    def err(what: str, *, transient: bool, trips: bool = True, retry_after: float | None = None,
+            hint: str | None = None) -> ProviderError:
+        code = f" (HTTP {status})" if status and not what.startswith("HTTP") else ""
+        message = scrub(f"{what}{code}{where} from {model}: {detail}", extra=secrets)
+        return ProviderError(message, hint=scrub(hint, extra=secrets) if hint else None, transient=transient,
+                             retry_after=retry_after, trips_breaker=trips)
+
+    if isinstance(exc, lit.Timeout):
+        return err("timed out", transient=True)
+    if isinstance(exc, lit.RateLimitError):
+        return err("rate limited", transient=True, retry_after=_retry_after(exc))
+    if isinstance(exc, (lit.AuthenticationError, lit.PermissionDeniedError)):
+        key_var = spec.api_key_env or "the provider's API key variable"
+        return err("authentication failed", transient=False, trips=False, hint=f"check {key_var}")
+    if isinstance(exc, lit.NotFoundError):
+        return err("not found", transient=False, trips=False, hint="check litellm_model and api_base")
+    if isinstance(exc, (lit.BadRequestError, lit.UnprocessableEntityError)):
+        return err("request refused", transient=False, trips=False)
+    if isinstance(exc, (lit.APIConnectionError, lit.ServiceUnavailableError, lit.InternalServerError,
+                        lit.BadGatewayError, lit.APIResponseValidationError)):
+        return err("server or connection error", transient=True)
+    if status is not None:
+        if status >= 500 or status in (408, 409, 425, 429):
+            return err(f"HTTP {status}", transient=True, retry_after=_retry_after(exc))
+        if 400 <= status < 500:
+            return err(f"HTTP {status}", transient=False, trips=False)
+    if isinstance(exc, (OSError, TimeoutError, ValueError)) or _is_transport_error(exc):
+        # connection resets, JSON that does not parse, an HTTP client's own transport errors
+        return err("transport error", transient=True)
+    return err(f"unexpected {type(exc).__name__}", transient=False)
+
+
+def _detail(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", "") or exc) or type(exc).__name__
+    text = " ".join(text.split())
+    for prefix in ("litellm.", "MidStreamFallbackError: "):
+        while text.startswith(prefix):
+            text = text[len(prefix):]
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    for module_name, cls_name in (("httpx", "HTTPError"), ("httpx", "StreamError"), ("aiohttp", "ClientError"),
+                                  ("openai", "APIError")):
+        module = sys.modules.get(module_name)
+        cls = getattr(module, cls_name, None) if module else None
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds from ``Retry-After`` / ``retry-after-ms``, wherever litellm kept the headers."""
+    sources = (getattr(getattr(exc, "response", None), "headers", None),
+               getattr(exc, "litellm_response_headers", None), getattr(exc, "headers", None))
+    for headers in sources:
+        if not headers:
+            continue
+        try:
+            lower = {str(k).lower(): str(v) for k, v in dict(headers).items()}
+        except (TypeError, ValueError):
+            continue
+        if "retry-after-ms" in lower:
+            try:
+                return max(0.0, float(lower["retry-after-ms"]) / 1000)
+            except ValueError:
+                pass
+        value = lower.get("retry-after")
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+        try:  # an HTTP date
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+__all__ = ["RemoteBackend", "load_litellm", "provider_of"]

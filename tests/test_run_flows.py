@@ -1,0 +1,138 @@
+"""`deliberate run` end to end through the real CLI, with the SCRIPTED test backend standing in
+for models (it answers with canned text; these tests check the engine, not model quality)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import cli
+
+SHIPPED = ["linear", "challenge", "multi_perspective", "adversarial", "consensus", "debate"]
+JUDGE_OK = {"match": "SCORE: N", "reply": "SCORE: 8\nSolid answer."}
+
+
+@pytest.mark.parametrize("flow", SHIPPED)
+def test_every_shipped_flow_runs_end_to_end(scripted, flow: str) -> None:
+    scripted.write([JUDGE_OK])
+    r = cli("run", flow, "How should I store passwords?", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)  # stdout is exactly one JSON document
+    assert doc["status"] == "succeeded" and doc["output"]
+    record = json.loads(Path(doc["record"]).read_text())
+    assert record["status"] == "succeeded" and record["flow_name"] == flow
+    ran = [n for n, s in record["steps"].items() if s["status"] == "succeeded"]
+    assert ran, record["steps"]
+    calls = scripted.calls()
+    assert record["totals"]["calls"] == len(calls) > 0
+    # every prompt the backend saw was rendered: no template syntax left in it
+    assert all("{{" not in c["prompt"] and "{%" not in c["prompt"] for c in calls)
+
+
+def test_challenge_wires_outputs_into_later_prompts(scripted) -> None:
+    scripted.write([
+        {"match": "^Task: .*Produce a complete solution", "reply": "DRAFT-1"},
+        {"match": "Solution to review", "reply": "CRITIQUE-1"},
+        {"match": "Write the improved solution", "reply": "FINAL-1"},
+    ], echo=False)
+    r = cli("run", "challenge", "Sort a list", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["output"] == "FINAL-1"
+    calls = scripted.calls()
+    refiner = [c for c in calls if "Write the improved" in c["prompt"]][0]
+    assert "DRAFT-1" in refiner["prompt"] and "CRITIQUE-1" in refiner["prompt"]
+
+
+def test_prompt_from_stdin_and_input_from_file(scripted, isolated) -> None:
+    (isolated / "code.py").write_text("def f(): return 1\n")
+    flow = isolated / "review.yaml"
+    flow.write_text("name: review\ninputs:\n  prompt: {}\n  code: {}\nsteps:\n  r:\n"
+                    "    prompt: \"{{ prompt }} :: {{ code }}\"\n")
+    r = cli("run", str(flow), "-", "--input", "code=@code.py", "--json", input="Review this\n")
+    assert r.returncode == 0, r.stderr
+    assert "Review this" in scripted.calls()[0]["prompt"] and "def f()" in scripted.calls()[0]["prompt"]
+
+
+def test_model_overrides_per_step_and_global(scripted) -> None:
+    r = cli("run", "challenge", "x", "--model", "challenger=alt", "--json")
+    assert r.returncode == 0, r.stderr
+    by_model = {(c["model"], "review" in c["prompt"]) for c in scripted.calls()}
+    assert ("alt", True) in by_model and ("smollm2-135m", False) in by_model
+    r = cli("run", "challenge", "x", "--model", "alt", "--json")
+    assert json.loads(r.stdout)["summary"]["steps"]["creator"]["models"] == ["alt"]
+
+
+def test_unknown_step_in_model_override_is_bad_input(scripted) -> None:
+    r = cli("run", "challenge", "x", "--model", "critic=alt")
+    assert r.returncode == 2 and "no step 'critic'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_prompt_is_a_clear_error(scripted) -> None:
+    r = cli("run", "challenge")
+    assert r.returncode == 2 and "missing input 'prompt'" in r.stderr
+
+
+def test_human_output_goes_to_stderr_answer_to_stdout(scripted) -> None:
+    scripted.write([{"match": "Write the improved", "reply": "THE ANSWER"}])
+    r = cli("run", "challenge", "x")
+    assert r.returncode == 0, r.stderr
+    assert "THE ANSWER" in r.stdout
+    assert "creator" in r.stderr and "steps" in r.stderr  # the view and the summary line
+    assert "record: runs/" in r.stderr
+
+
+def test_failed_provider_exits_1_with_reason(scripted) -> None:
+    scripted.write([{"match": "Produce", "fail": "fatal"}])
+    r = cli("run", "challenge", "x", "--json")
+    assert r.returncode == 1
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "failed" and "creator" in doc["error"] and "scripted fatal failure" in doc["error"]
+    rec = json.loads(Path(doc["record"]).read_text())
+    assert rec["steps"]["creator"]["status"] == "failed"
+    assert rec["steps"]["refiner"]["status"] == "pending"
+
+
+def test_generate_direct_mode_is_a_one_step_run(scripted) -> None:
+    scripted.write([{"match": "capital", "reply": "Paris"}])
+    r = cli("generate", "What is the capital of France?", "--model", "alt", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["output"] == "Paris"
+    rec = json.loads(Path(doc["record"]).read_text())
+    assert list(rec["steps"]) == ["answer"] and rec["steps"]["answer"]["calls"][0]["model_key"] == "alt"
+
+
+def test_no_record_writes_nothing(scripted, isolated) -> None:
+    r = cli("run", "challenge", "x", "--no-record", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["record"] is None
+    assert not (isolated / "runs").exists()
+
+
+def test_runs_list_and_replay_show_without_model_calls(scripted, isolated) -> None:
+    r = cli("run", "adversarial", "x", "--json")
+    rid = json.loads(r.stdout)["run_id"]
+    before = len(scripted.calls())
+    listed = json.loads(cli("runs", "list", "--json").stdout)
+    assert listed[0]["run_id"] == rid and listed[0]["flow"] == "adversarial"
+    shown = cli("replay", f"runs/{rid}.json")
+    assert shown.returncode == 0, shown.stderr
+    assert "arbiter" in shown.stderr and "red_team" in shown.stderr
+    assert len(scripted.calls()) == before  # replay calls no model
+
+
+@pytest.mark.parametrize("content,needle", [
+    ('{"kind": "deliberate.run", "schema_version": 1, "run_id"', "truncated or corrupt"),
+    ('{"hello": "world"}', "not a deliberate run record"),
+    ('{"kind": "deliberate.run", "schema_version": 99}', "newer than this deliberate"),
+    ("\x00\xff", "not"),
+])
+def test_bad_records_are_clean_errors(isolated, content: str, needle: str) -> None:
+    path = isolated / "bad.json"
+    path.write_bytes(content.encode("latin-1"))
+    before = path.read_bytes()
+    r = cli("replay", str(path))
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "bad.json" in r.stderr and "Traceback" not in r.stderr
+    assert path.read_bytes() == before
