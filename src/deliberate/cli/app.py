@@ -75,12 +75,11 @@ def main() -> None:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
     except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        # typer vendors click; match its exceptions by shape, not by import path
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
-            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(exc.exit_code or 2)
+        if isinstance(exc, typer.Abort):
             sys.stderr.write("aborted\n")
             sys.exit(130)
         if os.environ.get("DELIBERATE_DEBUG"):

@@ -193,7 +193,7 @@ def _check_step(flow: Flow, name: str, step: Step, c: Checker, kinds: dict[str, 
             continue
         bad = unsafe_access(source)
         if bad:
-            c.add(floc, f"step {name!r}, {field}: access to {bad[0]!r} is refused",
+            c.add(floc, f"step {name!r}, {field}: access to {', '.join(repr(b) for b in dict.fromkeys(bad))} is refused",
                   "templates may not reach Python internals")
         for ref in sorted(references(source) - known):
             if ref == name:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .spec import Flow, Step
-from .templates import expression_source, references
+from .templates import TemplateProblem, expression_source, references
 
 
 def for_each_expression(value: str) -> str:
@@ -37,7 +37,10 @@ def step_references(step: Step) -> set[str]:
     """Every free name a step's templates use."""
     names: set[str] = set()
     for _field, source in step_templates(step):
-        names |= references(source)
+        try:
+            names |= references(source)
+        except TemplateProblem:
+            continue  # reported by the checks with its location
     return names
 
 
