@@ -8,29 +8,45 @@ The library API (the CLI is a thin face over it)::
 
 __version__ = "0.1.0"
 
-from ._api import run_flow, run_flow_async  # noqa: E402
-from .engine import Engine, RunOptions, RunResult  # noqa: E402
-from .errors import (  # noqa: E402
-    BudgetExceeded,
-    CapacityError,
-    DeliberateError,
-    FlowError,
-    InputError,
-    ProviderError,
-    RecordError,
-    ValidationError,
-)
-from .flows import Flow, LoadedFlow, Step, load_flow  # noqa: E402
-from .gateway import (  # noqa: E402
-    Backend,
-    BackendCall,
-    Gateway,
-    GenerationRequest,
-    GenerationResult,
-    Message,
-    Reply,
-)
-from .registry import ModelSpec, Registry, StrategySpec  # noqa: E402
+from typing import TYPE_CHECKING, Any
+
+# The public names load lazily (PEP 562), so `deliberate --help` does not import the engine.
+_EXPORTS = {
+    "run_flow": "._api", "run_flow_async": "._api",
+    "Engine": ".engine", "RunOptions": ".engine", "RunResult": ".engine",
+    "BudgetExceeded": ".errors", "CapacityError": ".errors", "DeliberateError": ".errors",
+    "FlowError": ".errors", "InputError": ".errors", "ProviderError": ".errors",
+    "RecordError": ".errors", "ValidationError": ".errors",
+    "Flow": ".flows", "LoadedFlow": ".flows", "Step": ".flows", "load_flow": ".flows",
+    "Backend": ".gateway", "BackendCall": ".gateway", "Gateway": ".gateway",
+    "GenerationRequest": ".gateway", "GenerationResult": ".gateway", "Message": ".gateway",
+    "Reply": ".gateway",
+    "ModelSpec": ".registry", "Registry": ".registry", "StrategySpec": ".registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'deliberate' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._api import run_flow, run_flow_async  # noqa: F401
+    from .engine import Engine, RunOptions, RunResult  # noqa: F401
+    from .errors import (  # noqa: F401
+        BudgetExceeded, CapacityError, DeliberateError, FlowError, InputError, ProviderError,
+        RecordError, ValidationError,
+    )
+    from .flows import Flow, LoadedFlow, Step, load_flow  # noqa: F401
+    from .gateway import (  # noqa: F401
+        Backend, BackendCall, Gateway, GenerationRequest, GenerationResult, Message, Reply,
+    )
+    from .registry import ModelSpec, Registry, StrategySpec  # noqa: F401
 
 __all__ = [
     "Backend",

@@ -117,9 +117,10 @@ def secret_values() -> list[str]:
     return [v for v in values + extra if len(v) >= 6]
 
 
-def scrub(text: str, extra: list[str] | None = None) -> str:
-    """Replace every known secret value in ``text`` with ``***``."""
-    for value in secret_values() + (extra or []):
+def scrub(text: str, secrets: list[str] | None = None, extra: list[str] | None = None) -> str:
+    """Replace every known secret value in ``text`` with ``***`` (``secrets``: precomputed
+    :func:`secret_values`, else read now)."""
+    for value in (secret_values() if secrets is None else secrets) + (extra or []):
         if value and value in text:
             text = text.replace(value, "***")
     return text

@@ -65,10 +65,22 @@ def unsafe_access(source: str) -> list[str]:
     return found
 
 
+@lru_cache(maxsize=1024)
+def compiled(source: str) -> Any:
+    """A compiled template; compiling costs about a millisecond, so each source compiles once."""
+    return ENV.from_string(parse(source))
+
+
+@lru_cache(maxsize=1024)
+def compiled_expression(expr: str) -> Any:
+    parse(expression_source(expr))  # syntax errors with a clear message
+    return ENV.compile_expression(expr, undefined_to_none=False)
+
+
 def render(source: str, context: dict[str, Any]) -> str:
     """Render a template; undefined names and unsafe access are errors."""
     try:
-        return ENV.from_string(parse(source)).render(context)  # type: ignore[arg-type]
+        return compiled(source).render(context)  # type: ignore[no-any-return]
     except UndefinedError as exc:
         raise TemplateProblem(f"undefined name: {exc.message}") from None
     except SecurityError as exc:
@@ -81,9 +93,8 @@ def render(source: str, context: dict[str, Any]) -> str:
 
 def evaluate(expr: str, context: dict[str, Any]) -> Any:
     """Evaluate an expression (``when``, ``until``, ``for_each``) to a Python value."""
-    parse(expression_source(expr))  # syntax errors with a clear message
+    fn = compiled_expression(expr)
     try:
-        fn = ENV.compile_expression(expr, undefined_to_none=False)
         return fn(**context)
     except UndefinedError as exc:
         raise TemplateProblem(f"undefined name: {exc.message}") from None

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 from .. import __version__
-from ..config import scrub
+from ..config import scrub, secret_values
 from ..engine.events import (
     CallFailed,
     CallFinished,
@@ -33,6 +34,8 @@ class Recorder:
     def __init__(self, runs_dir: Path | None, base: RunRecord | None = None) -> None:
         self.runs_dir = runs_dir
         self.base = base  # resume: continue this record instead of starting a new one
+        self.secrets = secret_values()
+        self.writer: _Writer | None = None
         self.record: RunRecord | None = None
         self.path: Path | None = None
 
@@ -56,7 +59,8 @@ class Recorder:
                         s.status = "pending"
             if self.runs_dir is not None:
                 self.path = record_path(self.runs_dir, event.run_id)
-            self.save()
+                self.writer = _Writer(self.path)
+            self.save(now=True)
             return
         rec = self.record
         if rec is None:
@@ -122,13 +126,61 @@ class Recorder:
             for s in rec.steps.values():
                 if s.status == "running":
                     s.status = "failed" if event.status == "failed" else "pending"
-            self.save()
+            self.save(durable=True)
 
-    def save(self) -> None:
-        if self.record is None or self.path is None:
+    def save(self, durable: bool = False, now: bool = False) -> None:
+        """Snapshot the record. Intermediate snapshots go to a writer thread (the event loop never
+        waits for the disk; a burst of steps coalesces into the latest snapshot); the first and
+        the final snapshot are written synchronously and fsync'd."""
+        if self.record is None or self.path is None or self.writer is None:
             return
         # Secrets never reach a record: scrub the text as written, whatever field held them.
-        write_atomic(self.path, scrub(self.record.model_dump_json(indent=1)))
+        text = scrub(self.record.model_dump_json(indent=1), self.secrets)
+        if durable or now:
+            self.writer.write_now(text, durable=durable)
+        else:
+            self.writer.submit(text)
 
     def touch(self) -> float:
         return time.time()
+
+
+class _Writer:
+    """Writes the latest submitted snapshot of one record file, atomically, in a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.cond = threading.Condition()
+        self.pending: str | None = None
+        self.busy = False
+        self.thread: threading.Thread | None = None
+
+    def submit(self, text: str) -> None:
+        with self.cond:
+            self.pending = text
+            self.cond.notify()
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="deliberate-record", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while self.pending is None:
+                    self.cond.wait()
+                text, self.pending = self.pending, None
+                self.busy = True
+            try:
+                write_atomic(self.path, text, durable=False)
+            finally:
+                with self.cond:
+                    self.busy = False
+                    self.cond.notify_all()
+
+    def write_now(self, text: str, durable: bool = True) -> None:
+        """Drop any queued snapshot, wait for a write in progress, then write this one."""
+        with self.cond:
+            self.pending = None
+            while self.busy:
+                self.cond.wait()
+            write_atomic(self.path, text, durable=durable)

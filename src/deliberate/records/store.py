@@ -20,16 +20,19 @@ def record_path(runs_dir: Path, run_id: str) -> Path:
     return runs_dir / f"{run_id}.json"
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, durable: bool = True) -> None:
     """Write a file so a reader (or a crash) never sees half of it: temp file + rename in the
-    same directory, fsync'd."""
+    same directory. The rename alone protects against a killed process; ``durable`` also fsyncs
+    (against power loss), which costs milliseconds, so the recorder does it for the final write
+    only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
