@@ -136,3 +136,16 @@ def test_bad_records_are_clean_errors(isolated, content: str, needle: str) -> No
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "bad.json" in r.stderr and "Traceback" not in r.stderr
     assert path.read_bytes() == before
+
+
+def test_events_feed_a_json_log_file_without_secrets(scripted, isolated) -> None:
+    secret = "sk-log-SECRET-value-99"
+    log = isolated / "log" / "deliberate.jsonl"
+    r = cli("run", "challenge", f"key {secret}", "--json",
+            env={"DELIBERATE_LOG_FILE": str(log), "OPENAI_API_KEY": secret})
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    names = [x["msg"] for x in lines]
+    assert names[0] == "RunStarted" and names[-1] == "RunFinished"
+    assert names.count("StepFinished") == 3
+    assert secret not in log.read_text()

@@ -99,7 +99,10 @@ async def run_flow_async(
         gateway.budget = Budget(options.max_cost)
     runs = runs_dir if runs_dir is not None else settings.runs_dir
     recorder = Recorder(runs if record else None, base=base_record)
-    engine = Engine(gateway, [recorder, *(subscribers or [])],
+    from .logs import EventLog, configure
+
+    configure(settings)
+    engine = Engine(gateway, [recorder, EventLog(), *(subscribers or [])],
                     history=lambda f, n: recent_history(runs, f, n))
     result = await engine.run(loaded, values, options, preset=preset, parent_run_id=parent_run_id, run_id=run_id)
     return RunOutcome(result, recorder.path, recorder)
