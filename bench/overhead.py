@@ -148,7 +148,9 @@ async def main() -> None:
         no_rec = await ours(text, n, False)
         rec = await ours(text, n, True)
         lg = await langgraph_time(label, n)
-        per = lambda t: t / steps * 1e6  # noqa: E731
+        def per(t: float, steps: int = steps) -> float:
+            return t / steps * 1e6
+
         lg_s = f"{per(lg):8.0f}us" if lg else "n/a"
         r1 = f"{no_rec / lg:14.2f}x" if lg else "n/a (pip install langgraph)"
         r2 = f"{rec / lg:11.2f}x" if lg else ""

@@ -36,9 +36,16 @@ def time_cmd(cmd: list[str], runs: int) -> float:
 
 
 def heavy_imports(args: list[str]) -> list[str]:
-    code = ("import sys, runpy\nsys.argv=['deliberate', *%r]\n"
-            "try:\n    runpy.run_module('deliberate', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "print('\\nHEAVY=' + ','.join(m for m in %r if m in sys.modules), file=sys.stderr)") % (args, HEAVY)
+    """Which of the heavy modules a command imports (run in a fresh interpreter)."""
+    code = "\n".join([
+        "import sys, runpy",
+        f"sys.argv = ['deliberate', *{args!r}]",
+        "try:",
+        "    runpy.run_module('deliberate', run_name='__main__')",
+        "except SystemExit:",
+        "    pass",
+        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)",
+    ])
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     line = [x for x in r.stderr.splitlines() if x.startswith("HEAVY=")]
     return [m for m in line[-1][6:].split(",") if m] if line else ["?"]

@@ -39,12 +39,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._api import run_flow, run_flow_async  # noqa: F401
     from .engine import Engine, RunOptions, RunResult  # noqa: F401
     from .errors import (  # noqa: F401
-        BudgetExceeded, CapacityError, DeliberateError, FlowError, InputError, ProviderError,
-        RecordError, ValidationError,
+        BudgetExceeded,
+        CapacityError,
+        DeliberateError,
+        FlowError,
+        InputError,
+        ProviderError,
+        RecordError,
+        ValidationError,
     )
     from .flows import Flow, LoadedFlow, Step, load_flow  # noqa: F401
     from .gateway import (  # noqa: F401
-        Backend, BackendCall, Gateway, GenerationRequest, GenerationResult, Message, Reply,
+        Backend,
+        BackendCall,
+        Gateway,
+        GenerationRequest,
+        GenerationResult,
+        Message,
+        Reply,
     )
     from .registry import ModelSpec, Registry, StrategySpec  # noqa: F401
 

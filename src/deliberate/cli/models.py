@@ -48,7 +48,7 @@ def list_models(json_out: bool = typer.Option(False, "--json", help="Machine-rea
             "key": key, "provider": m.provider, "family": m.family,
             "target": m.source if m.provider == "local" else m.litellm_model,
             "api_base": m.api_base, "context_window": m.context_window, "quantization": m.quantization,
-            "min_vram_gb": m.min_vram_gb, "key": key, "api_key_env": m.api_key_env,
+            "min_vram_gb": m.min_vram_gb, "api_key_env": m.api_key_env,
             "api_key": _key_state(m), "breaker": "closed", "default": key == reg.default_model,
         })
     if json_out:
