@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
@@ -38,9 +40,11 @@ class LiveView:
         if rec is None:
             return
         if isinstance(event, Token):
-            self.streaming[event.step] = self.streaming.get(event.step, "") + event.text
+            key = event.step if event.branch is None else f"{event.step}\x00{event.branch}"
+            self.streaming[key] = self.streaming.get(key, "") + event.text
         elif isinstance(event, (StepFinished, StepFailed, StepSkipped)):
-            self.streaming.pop(event.step, None)
+            for key in [k for k in self.streaming if k.split("\x00")[0] == event.step]:
+                del self.streaming[key]
             if not self.interactive:
                 step = rec.steps[event.step]
                 icon = {"succeeded": "ok", "reused": "reused", "failed": "FAILED", "skipped": "skipped"}.get(
@@ -52,18 +56,18 @@ class LiveView:
             self.console.print(f"  {ev.kind:8} {ev.endpoint} {ev.detail}", highlight=False, style="yellow")
         if self.interactive:
             if self.live is None:
-                self.live = Live(self.render(), console=self.console, refresh_per_second=8, transient=False)
+                # get_renderable: every refresh re-renders, so running steps' clocks keep moving
+                self.live = Live(console=self.console, refresh_per_second=8, transient=False,
+                                 get_renderable=self.render)
                 self.live.start()
             elif isinstance(event, RunFinished):
-                self.live.update(self.render(), refresh=True)
-            else:
-                self.live.update(self.render())
+                self.live.refresh()
         if isinstance(event, RunFinished):
             self.stop()
             if not self.interactive:
                 self.console.print(summary_line(rec))
 
-    def render(self) -> object:
+    def render(self) -> Any:
         from rich.console import Group
 
         rec = self.recorder.record

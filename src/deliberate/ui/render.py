@@ -57,9 +57,12 @@ def step_tree(record: RunRecord, streaming: dict[str, str] | None = None, *, wid
             counts = ", ".join(f"{k!r}: {n}" for k, n in v.counts.items())
             tie = f" · tie broken by '{v.tie_rule}'" if v.tie else ""
             node.add(Text(f"votes {counts} -> {v.winner!r}{tie}", style="cyan"))
-        live = (streaming or {}).get(name)
-        if step.status == "running" and live:
-            node.add(Text(_tail(live, width * 2), style="italic"))
+        if step.status == "running" and streaming:
+            for key, text in streaming.items():
+                sname, _, branch = key.partition("\x00")
+                if sname == name and text:
+                    prefix = f"[{branch}] " if branch else ""
+                    node.add(Text(prefix + _tail(text, width - len(prefix) - 8), style="italic"))
         elif verbose and step.output:
             node.add(Text(_tail(step.output, width * 3)))
     for ev in record.events:
