@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .common import err_console, fail, out_console, print_json
+
+if TYPE_CHECKING:
+    from ..records.replay import Plan
+    from ..records.schema import RunRecord
+    from ..registry import Registry
 
 runs_app = typer.Typer(help="Recorded runs under runs/.", invoke_without_command=True)
 cache_app = typer.Typer(help="The response cache of deterministic calls.", invoke_without_command=True)
@@ -75,9 +81,14 @@ def _show(run: str, json_out: bool) -> None:
 
 
 @runs_app.command("diff")
-def diff_runs(a: str, b: str, json_out: bool = typer.Option(False, "--json")) -> None:
+def diff_runs(a: str = typer.Argument(..., help="Run id, id prefix or record path."),
+              b: str = typer.Argument(..., help="Run id, id prefix or record path."),
+              json_out: bool = typer.Option(False, "--json")) -> None:
     """Compare two runs step by step (outputs, models, tokens, cost)."""
+    import difflib
+
     from rich.table import Table
+    from rich.text import Text
 
     from ..records.replay import compare
     from ..records.store import find, load
@@ -85,17 +96,33 @@ def diff_runs(a: str, b: str, json_out: bool = typer.Option(False, "--json")) ->
     ra, rb = load(find(a, _runs_dir())), load(find(b, _runs_dir()))
     rows = compare(ra, rb)
     if json_out:
-        print_json({"a": ra.run_id, "b": rb.run_id, "steps": rows})
+        print_json({"a": ra.run_id, "b": rb.run_id, "same_output": ra.output == rb.output, "steps": rows,
+                    "totals": {"a": ra.totals.model_dump(), "b": rb.totals.model_dump()}})
         return
-    table = Table(title=f"{ra.run_id} vs {rb.run_id}")
+    table = Table(title=f"{ra.run_id} ({ra.flow_name}) vs {rb.run_id} ({rb.flow_name})")
     for col in ("step", "output", "status", "models", "tokens", "cost"):
         table.add_column(col)
     for r in rows:
         fa, fb = r["a"], r["b"]
         table.add_row(r["step"], "same" if r["same_output"] else "[yellow]differs[/]",
-                      f"{fa['status']} / {fb['status']}", f"{','.join(fa['models'])} / {','.join(fb['models'])}",
+                      f"{fa['status']} / {fb['status']}",
+                      f"{','.join(fa['models']) or '-'} / {','.join(fb['models']) or '-'}",
                       f"{fa['tokens']} / {fb['tokens']}", f"${fa['cost_usd']:.4f} / ${fb['cost_usd']:.4f}")
-    out_console().print(table)
+    ta, tb = ra.totals, rb.totals
+    table.add_section()
+    table.add_row("[bold]total[/]", "same" if ra.output == rb.output else "[yellow]differs[/]",
+                  f"{ra.status} / {rb.status}", "",
+                  f"{ta.prompt_tokens + ta.completion_tokens} / {tb.prompt_tokens + tb.completion_tokens}",
+                  f"${ta.cost_usd:.4f} / ${tb.cost_usd:.4f}")
+    con = out_console()
+    con.print(table)
+    for r in rows:
+        if r["same_output"]:
+            continue
+        lines = difflib.unified_diff((r["a"]["output"] or "").splitlines(), (r["b"]["output"] or "").splitlines(),
+                                     f"{ra.run_id}:{r['step']}", f"{rb.run_id}:{r['step']}", lineterm="", n=2)
+        text = "\n".join(list(lines)[:60])
+        con.print(Text(text or f"{r['step']}: outputs differ only in whitespace", style="dim"))
 
 
 def replay(
@@ -103,76 +130,140 @@ def replay(
     from_step: str = typer.Option(None, "--from", help="Re-run this step and everything downstream."),
     rerun: bool = typer.Option(False, "--rerun", help="Run the whole flow again with the same inputs."),
     verify: bool = typer.Option(False, "--verify", help="With --rerun: report steps whose output differs."),
-    flow_file: Path = typer.Option(None, "--flow", help="With --from: an edited flow file to use."),
-    model: list[str] = typer.Option([], "--model", "-m", help="KEY or STEP=KEY for the re-run steps."),
-    html: Path = typer.Option(None, "--html", help="Write a self-contained HTML report of the run."),
+    flow_file: Annotated[Path | None, typer.Option(
+        "--flow", help="An edited flow file to use (with --from or --rerun).")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="KEY or STEP=KEY for the re-run steps.")] = None,
+    html: Annotated[Path | None, typer.Option(
+        "--html", help="Write a self-contained HTML report of the run (of the new run, with --from "
+        "or --rerun).")] = None,
     json_out: bool = typer.Option(False, "--json"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Show a recorded run without calling any model, or re-run it (all of it, or from a step)."""
-    from ..engine.executor import RunOptions
     from ..flows.loader import load_flow
-    from ..records.replay import plan_from, recorded_flow
+    from ..records.replay import plan_from, plan_rerun
     from ..records.store import find, load
     from ..registry import Registry
-    from .run import execute, parse_models
+    from .run import parse_models
 
-    path = find(record, _runs_dir())
-    rec = load(path)
-    if html is not None:
-        from ..records.report import write_report
-
-        write_report(rec, html)
-        err_console().print(f"report: {html}")
-        if not (from_step or rerun):
-            return
-    if not (from_step or rerun):
-        _show(str(path), json_out)
-        return
     if from_step and rerun:
         fail("--from and --rerun exclude each other")
     if verify and not rerun:
         fail("--verify goes with --rerun")
-    if flow_file and not from_step:
-        fail("--flow goes with --from")
-    registry = Registry.load()
-    if rerun:
-        loaded = recorded_flow(rec, registry)
-        preset: dict[str, object] = {}
-        notes = [f"re-running {rec.run_id} ({rec.flow_name}) with the same inputs and settings"]
-        options_d = dict(rec.options)
-    else:
-        new_flow = load_flow(flow_file, registry) if flow_file else None
-        plan = plan_from(rec, from_step, registry, new_flow)
-        loaded, preset, notes, options_d = plan.loaded, plan.preset, plan.notes, plan.options
-        notes.append(f"reusing {len(preset)} recorded step(s); re-running: {', '.join(plan.rerun)}")
-    options = RunOptions.from_dict(options_d)
-    options.models.update(parse_models(model))
-    if not json_out:
-        for n in notes:
-            err_console().print(f"[dim]{n}[/]")
-    code = execute(loaded, dict(rec.inputs), options, registry, json_out=json_out and not verify, quiet=quiet,
-                   record=True, preset=preset, parent_run_id=rec.run_id)
-    if verify:
-        from ..records.replay import compare
-        from ..records.store import list_records
-
-        child = next((r for r in list_records(_runs_dir(), 50) if r.parent_run_id == rec.run_id), None)
-        if child is None:
-            fail("the re-run left no record to compare", 1)
-        rows = [r for r in compare(rec, child) if not r["same_output"]]
+    if (flow_file or model) and not (from_step or rerun):
+        fail("--flow and --model go with --from or --rerun")
+    path = find(record, _runs_dir())
+    rec = load(path)
+    if not (from_step or rerun):
+        if html is None:
+            _show(str(path), json_out)
+            return
+        _write_report(rec, html)
         if json_out:
-            print_json({"run_id": child.run_id, "parent_run_id": rec.run_id, "identical": not rows,
-                        "differs": [r["step"] for r in rows]})
+            print_json({"run_id": rec.run_id, "report": str(html)})
         else:
-            con = err_console()
-            if rows:
-                con.print(f"[yellow]outputs differ[/] in: {', '.join(r['step'] for r in rows)}")
-            else:
-                con.print("[green]every step's output is identical to the recorded run[/]")
-        if rows and code == 0:
-            code = 1
+            err_console().print(f"report: {html}")
+        return
+    registry = Registry.load()
+    new_flow = load_flow(flow_file, registry) if flow_file else None
+    models = parse_models(model or [])
+    if rerun:
+        plan = plan_rerun(rec, registry, new_flow, models)
+    else:
+        plan = plan_from(rec, from_step, registry, new_flow, models)
+        plan.notes.append(f"reusing {len(plan.preset)} recorded step(s); re-running: {', '.join(plan.rerun)}")
+    code, doc, child = _execute(plan, registry, json_out=json_out, quiet=quiet, parent_run_id=rec.run_id)
+    if html is not None and child is not None:
+        _write_report(child, html)
+        doc["report"] = str(html)
+        if not json_out:
+            err_console().print(f"report: {html}")
+    if verify:
+        code = _verify(rec, child, code, doc, json_out)
+    elif json_out:
+        print_json(doc)
     raise typer.Exit(code)
+
+
+def _execute(plan: Plan, registry: Registry, *, json_out: bool, quiet: bool, parent_run_id: str | None = None,
+             run_id: str | None = None) -> tuple[int, dict[str, Any], RunRecord | None]:
+    """Run a plan; return the exit code, the JSON document (when ``json_out``) and the new record.
+
+    The run gets its id here, so the new record is found by id, never by guessing."""
+    import contextlib
+    import io
+    import json
+
+    from ulid import ULID
+
+    from ..engine.executor import RunOptions
+    from ..errors import RecordError
+    from ..records.store import load, record_path
+    from .run import execute
+
+    new_id = run_id or str(ULID())
+    if not json_out:
+        for n in plan.notes:
+            err_console().print(f"[dim]{n}[/]")
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured) if json_out else contextlib.nullcontext():
+        code = execute(plan.loaded, plan.inputs, RunOptions.from_dict(plan.options), registry, json_out=json_out,
+                       quiet=quiet, record=True, preset=plan.preset, parent_run_id=parent_run_id, run_id=new_id,
+                       resume_from=plan.base)
+    path = record_path(_runs_dir(), new_id)
+    try:
+        child: RunRecord | None = load(path)
+    except RecordError:
+        child = None
+    doc: dict[str, Any] = {}
+    if json_out:
+        text = captured.getvalue().strip()
+        # Ctrl-C returns before execute prints its document: say what the record says instead
+        doc = json.loads(text) if text else {
+            "run_id": new_id, "status": child.status if child else "interrupted", "output": None,
+            "record": str(path) if child else None, "error": child.error if child else "interrupted"}
+        doc["reused"] = sorted(plan.preset, key=plan.loaded.order.index)
+        doc["rerun"] = plan.rerun
+        doc["notes"] = plan.notes
+    return code, doc, child
+
+
+def _verify(rec: RunRecord, child: RunRecord | None, code: int, doc: dict[str, Any], json_out: bool) -> int:
+    from ..records.replay import compare
+
+    if child is None:
+        fail("the re-run left no record to compare", 1)
+    differs = [r["step"] for r in compare(rec, child) if not r["same_output"]]
+    cached = sum(1 for s in child.steps.values() for c in s.calls if c.cache_hit)
+    hints = []
+    if cached:
+        hints.append(f"{cached} call(s) were answered from the response cache, not by the model; "
+                     "unset DELIBERATE_CACHE for a real check")
+    if differs and rec.options.get("seed") is None:
+        hints.append("the run had no seed: sampled outputs differ from run to run; record it with --seed N "
+                     "(and a temperature-0 strategy such as 'precise') for a reproducible check")
+    if json_out:
+        print_json({**doc, "parent_run_id": rec.run_id, "identical": not differs, "differs": differs,
+                    "cache_hits": cached, "hints": hints})
+    else:
+        con = err_console()
+        if differs:
+            con.print(f"[yellow]outputs differ[/] from {rec.run_id} in: {', '.join(differs)}")
+        else:
+            con.print(f"[green]identical[/]: every step's output matches {rec.run_id}")
+        for h in hints:
+            con.print(f"[dim]{h}[/]")
+    return 1 if differs and code == 0 else code
+
+
+def _write_report(rec: RunRecord, html: Path) -> None:
+    from ..records.report import write_report
+
+    try:
+        write_report(rec, html)
+    except OSError as exc:
+        fail(f"--html {html}: {exc.strerror or exc}")
 
 
 def resume(
@@ -181,21 +272,23 @@ def resume(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Finish a run that crashed or was interrupted; finished steps are not called again."""
-    from ..engine.executor import RunOptions
     from ..records.replay import plan_resume
-    from ..records.store import find, load
+    from ..records.store import find, load, record_path
     from ..registry import Registry
-    from .run import execute
 
-    rec = load(find(record, _runs_dir()))
+    path = find(record, _runs_dir())
+    rec = load(path)
     registry = Registry.load()
     plan = plan_resume(rec, registry)
-    notes = [f"resuming {rec.run_id}: {len(plan.preset)} finished step(s) kept; running: {', '.join(plan.rerun)}"]
-    if not json_out:
-        for n in notes:
-            err_console().print(f"[dim]{n}[/]")
-    code = execute(plan.loaded, plan.inputs, RunOptions.from_dict(plan.options), registry, json_out=json_out,
-                   quiet=quiet, record=True, preset=plan.preset, run_id=rec.run_id, resume_from=rec)
+    plan.notes.insert(0, f"resuming {rec.run_id}: {len(plan.preset)} finished step(s) kept; "
+                      f"running: {', '.join(plan.rerun) or 'nothing'}")
+    target = record_path(_runs_dir(), rec.run_id)
+    if path.resolve() != target.resolve():
+        plan.notes.append(f"the resumed run is recorded in {target}; {path} is left as it is")
+    code, doc, _child = _execute(plan, registry, json_out=json_out, quiet=quiet, parent_run_id=rec.parent_run_id,
+                                 run_id=rec.run_id)
+    if json_out:
+        print_json(doc)
     raise typer.Exit(code)
 
 

@@ -1,4 +1,11 @@
-"""Working with recorded runs: re-run from a step, re-run all, resume, compare."""
+"""Working with recorded runs: re-run from a step, re-run all, resume, compare.
+
+Each ``plan_*`` function decides, from a record and a flow, which steps keep their recorded value
+(``preset``: the engine emits them as reused, no model call) and which run again. Two rules hold
+for all of them: what re-runs takes everything downstream of it along, and a ``rounds`` block
+re-runs as a whole, from round 1 (its rounds feed each other, so half a loop has no meaning).
+See docs/records.md.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from typing import Any
 from ..errors import InputError, RecordError
 from ..flows.graph import descendants
 from ..flows.loader import LoadedFlow, load_flow_data
+from ..flows.spec import Defaults, Flow
 from ..registry import Registry, did_you_mean
 from .schema import RunRecord
 
@@ -24,90 +32,196 @@ class Plan:
     preset: dict[str, Any]
     rerun: list[str]
     notes: list[str] = field(default_factory=list)
+    base: RunRecord | None = None  # resume: the record to continue, tidied for the steps that re-run
 
 
 def recorded_flow(record: RunRecord, registry: Registry | None) -> LoadedFlow:
+    """The flow exactly as the run used it, validated again."""
     try:
         return load_flow_data(record.flow, f"{record.run_id}.json#flow", registry)
     except InputError as exc:
         raise RecordError(f"the recorded flow no longer validates: {exc.line()}") from None
 
 
-def _loop_closure(loaded: LoadedFlow, names: set[str]) -> set[str]:
-    """A rounds block re-runs whole: touching one loop step re-runs the loop and its dependants."""
+def close(loaded: LoadedFlow, names: set[str]) -> set[str]:
+    """``names`` plus everything downstream of them, with a touched rounds block taken whole."""
+    out = set(names)
+    loop = set(loaded.flow.rounds.steps) if loaded.flow.rounds else set()
+    while True:
+        grown = set(out)
+        for n in out:
+            grown |= descendants(loaded.deps, n)
+        if grown & loop:
+            grown |= loop
+        if grown == out:
+            return out
+        out = grown
+
+
+def finished_steps(record: RunRecord, loaded: LoadedFlow) -> set[str]:
+    """Steps whose recorded value is final. A loop step's value is final only when its rounds
+    block ended (a stop reason was recorded) or the whole block was reused: a run killed in
+    round 2 shows the loop steps 'succeeded' with round 1's values."""
+    done = {n for n, s in record.steps.items() if s.status in DONE and n in loaded.flow.steps}
     r = loaded.flow.rounds
-    if r and names & set(r.steps):
-        names |= set(r.steps)
-        for s in r.steps:
-            names |= descendants(loaded.deps, s)
-    return names
+    if r:
+        loop = set(r.steps)
+        ended = bool(record.rounds) and record.rounds[-1].stop_reason is not None
+        reused = all(record.steps.get(n) is not None and record.steps[n].status == "reused" for n in loop)
+        if not (ended or reused):
+            done -= loop
+    return done
+
+
+def _effective(flow: Flow, name: str) -> dict[str, Any]:
+    """What decides a step's output besides its inputs: its spec, the defaults it inherits and,
+    for a loop step, the rounds block."""
+    step = flow.steps[name]
+    eff = step.model_dump(by_alias=True)
+    for key in Defaults.model_fields:
+        if eff.get(key) is None:
+            eff[key] = getattr(flow.defaults, key)
+    if flow.rounds and name in flow.rounds.steps:
+        eff["<rounds>"] = flow.rounds.model_dump()
+    return eff
+
+
+def changed_steps(record: RunRecord, new_flow: LoadedFlow) -> set[str]:
+    """Steps of ``new_flow`` that differ from the recorded flow (new steps count as changed)."""
+    try:
+        old: Flow | None = Flow.model_validate(record.flow)
+    except Exception:  # a record of an older grammar: compare the raw specs
+        old = None
+    out = set()
+    for name in new_flow.flow.steps:
+        if old is None:
+            if record.flow.get("steps", {}).get(name) != new_flow.data["steps"].get(name):
+                out.add(name)
+        elif name not in old.steps or _effective(old, name) != _effective(new_flow.flow, name):
+            out.add(name)
+    return out
 
 
 def plan_from(record: RunRecord, step: str, registry: Registry | None,
-              new_flow: LoadedFlow | None = None) -> Plan:
-    """Re-run ``step`` and everything downstream; reuse every other recorded output."""
+              new_flow: LoadedFlow | None = None, models: dict[str, str] | None = None) -> Plan:
+    """Re-run ``step`` and everything downstream; reuse every other recorded output.
+
+    ``new_flow`` (an edited flow file) and ``models`` (``--model`` overrides: ``STEP=KEY`` or
+    ``*`` for every re-run step) may change steps upstream of ``step``: those re-run too, and a
+    note says so."""
     loaded = new_flow or recorded_flow(record, registry)
     steps = loaded.flow.steps
     if step not in steps:
         raise InputError(f"--from {step!r}: the flow has no such step", hint=did_you_mean(step, list(steps)))
+    models = dict(models or {})
+    for name, key in models.items():
+        if name != "*" and name not in steps:
+            raise InputError(f"--model {name}={key}: the flow has no step {name!r}",
+                             hint=did_you_mean(name, list(steps)))
+    old_models = dict(record.options.get("models") or {})
+    new_models = {**old_models, **models}
     notes: list[str] = []
-    start = {step}
+    downstream = close(loaded, {step})
     if new_flow is not None:
-        old = record.flow.get("steps", {})
-        changed = {n for n in steps if old.get(n) != new_flow.data["steps"].get(n)}
-        upstream_changed = sorted(changed - {step} - descendants(loaded.deps, step))
-        if upstream_changed:
-            notes.append(f"the edited flow changed {', '.join(upstream_changed)} upstream of {step}; "
+        edited = changed_steps(record, new_flow)
+        upstream = sorted(edited - downstream, key=loaded.order.index)
+        if upstream:
+            notes.append(f"the edited flow changed {', '.join(upstream)} upstream of {step}; "
                          "re-running from there too")
-        start |= changed
-    rerun = set(start)
-    for s in start:
-        rerun |= descendants(loaded.deps, s)
-    rerun = _loop_closure(loaded, rerun)
-    preset = {}
-    for name in steps:
-        if name in rerun:
-            continue
-        rec = record.steps.get(name)
-        if rec is None or rec.status not in DONE:
-            rerun.add(name)
-            continue
-        preset[name] = rec.value
-    rerun = _loop_closure(loaded, rerun)
-    preset = {k: v for k, v in preset.items() if k not in rerun}
-    return Plan(loaded, dict(record.inputs), dict(record.options), preset,
-                [n for n in loaded.order if n in rerun], notes)
+        start = {step} | edited
+    else:
+        start = {step}
+    remodelled = {n for n in steps if n in models and _new_model(record, old_models, n, models[n])}
+    upstream_models = sorted(remodelled - close(loaded, start), key=loaded.order.index)
+    if upstream_models:
+        notes.append(f"--model changes the model of {', '.join(upstream_models)} upstream of {step}; "
+                     "re-running from there too")
+    start |= remodelled
+    rerun = close(loaded, start)
+    missing = set(steps) - rerun - finished_steps(record, loaded)
+    if missing:
+        notes.append(f"the record has no finished output for {', '.join(sorted(missing, key=loaded.order.index))}; "
+                     "running it too")
+        rerun = close(loaded, rerun | missing)
+    loop = loaded.flow.rounds
+    if loop and rerun & set(loop.steps) and step in loop.steps:
+        notes.append(f"{step} is in the rounds block: re-running the block ({', '.join(loop.steps)}) "
+                     "from round 1")
+    preset = {n: record.steps[n].value for n in steps if n not in rerun}
+    inputs = {k: v for k, v in record.inputs.items() if k in loaded.flow.inputs}
+    dropped = sorted(set(record.inputs) - set(inputs))
+    if dropped:
+        notes.append(f"the edited flow has no input {', '.join(dropped)}; dropped")
+    options = {**record.options, "models": new_models}
+    return Plan(loaded, inputs, options, preset, [n for n in loaded.order if n in rerun], notes)
+
+
+def _new_model(record: RunRecord, old_models: dict[str, str], step: str, key: str) -> bool:
+    """Whether ``--model STEP=KEY`` changes what answered ``step`` in the recorded run."""
+    if old_models.get(step) == key:
+        return False
+    rec = record.steps.get(step)
+    used = {c.model_requested or c.model_key for c in rec.calls} if rec else set()
+    return used != {key}
+
+
+def plan_rerun(record: RunRecord, registry: Registry | None, new_flow: LoadedFlow | None = None,
+               models: dict[str, str] | None = None) -> Plan:
+    """The whole flow again with the recorded inputs and settings (``models`` added on top)."""
+    loaded = new_flow or recorded_flow(record, registry)
+    options = {**record.options, "models": {**(record.options.get("models") or {}), **(models or {})}}
+    inputs = {k: v for k, v in record.inputs.items() if k in loaded.flow.inputs}
+    notes = [f"re-running {record.run_id} ({record.flow_name}) with the same inputs and settings"]
+    return Plan(loaded, inputs, options, {}, list(loaded.order), notes)
 
 
 def plan_resume(record: RunRecord, registry: Registry | None) -> Plan:
-    """Finish an interrupted or crashed run: finished steps are reused, the rest run."""
+    """Finish an interrupted or crashed run: finished steps are reused, the rest run (steps
+    that were in flight run again from the start)."""
     if record.status not in ("running", "interrupted"):
         raise RecordError(f"run {record.run_id} is {record.status}; only running or interrupted runs resume",
                           hint="use 'deliberate replay --rerun' or '--from STEP' to run it again")
     loaded = recorded_flow(record, registry)
-    done = {n for n, s in record.steps.items() if s.status in DONE}
-    rerun = _loop_closure(loaded, set(loaded.flow.steps) - done)
-    for s in list(rerun):
-        rerun |= descendants(loaded.deps, s)
-    preset = {n: record.steps[n].value for n in done if n not in rerun}
-    return Plan(loaded, dict(record.inputs), dict(record.options), preset,
-                [n for n in loaded.order if n in rerun])
+    done = finished_steps(record, loaded)
+    rerun = close(loaded, set(loaded.flow.steps) - done)
+    preset = {n: record.steps[n].value for n in loaded.flow.steps if n not in rerun}
+    notes: list[str] = []
+    base = record.model_copy(deep=True)
+    loop = loaded.flow.rounds
+    if loop and rerun & set(loop.steps):
+        # The block re-runs from round 1: drop the half-finished rounds so they are not counted
+        # twice. The calls stay: they were made and paid for.
+        base.rounds = []
+        for n in loop.steps:
+            base.steps[n].rounds = []
+            if base.steps[n].status in DONE:
+                base.steps[n].status = "pending"
+        if record.rounds:
+            notes.append(f"the rounds block ({', '.join(loop.steps)}) had not finished; "
+                         "running it again from round 1")
+    options = dict(record.options)
+    spent = sum(c.cost_usd for s in record.steps.values() for c in s.calls)
+    if options.get("max_cost") is not None and spent:
+        options["max_cost"] = max(0.0, float(options["max_cost"]) - spent)
+        notes.append(f"budget: ${spent:.4f} already spent, ${options['max_cost']:.4f} left")
+    return Plan(loaded, dict(record.inputs), options, preset,
+                [n for n in loaded.order if n in rerun], notes, base)
 
 
 def compare(a: RunRecord, b: RunRecord) -> list[dict[str, Any]]:
     """Step by step: status, output equality, models, tokens, cost."""
     rows = []
     for name in dict.fromkeys(list(a.order) + list(b.order)):
-        sa, sb = a.steps.get(name), b.steps.get(name)
-
-        def facts(s: Any) -> dict[str, Any]:
-            if s is None:
-                return {"status": "absent", "output": None, "models": [], "tokens": 0, "cost_usd": 0.0}
-            return {"status": s.status, "output": s.output,
-                    "models": sorted({c.model_key for c in s.calls}),
-                    "tokens": sum(c.prompt_tokens + c.completion_tokens for c in s.calls),
-                    "cost_usd": sum(c.cost_usd for c in s.calls)}
-
-        fa, fb = facts(sa), facts(sb)
-        rows.append({"step": name, "a": fa, "b": fb, "same_output": fa["output"] == fb["output"]})
+        fa, fb = _facts(a.steps.get(name)), _facts(b.steps.get(name))
+        rows.append({"step": name, "a": fa, "b": fb, "same_output": fa["output"] == fb["output"],
+                     "same_models": fa["models"] == fb["models"]})
     return rows
+
+
+def _facts(s: Any) -> dict[str, Any]:
+    if s is None:
+        return {"status": "absent", "output": None, "models": [], "calls": 0, "tokens": 0, "cost_usd": 0.0}
+    return {"status": s.status, "output": s.output,
+            "models": sorted({c.model_key for c in s.calls}), "calls": len(s.calls),
+            "tokens": sum(c.prompt_tokens + c.completion_tokens for c in s.calls),
+            "cost_usd": sum(c.cost_usd for c in s.calls)}
