@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -64,6 +66,9 @@ def load_litellm() -> Any:
             litellm.suppress_debug_info = True
             # token_counter would download tokenizers from the HF hub for some model names.
             litellm.disable_hf_tokenizer_download = True
+            # deliberate registers no litellm callbacks and prices calls itself; litellm's success
+            # logging would otherwise hand every streamed chunk to a thread pool.
+            litellm.disable_streaming_logging = True
             for name in _LITELLM_LOGGERS:
                 logging.getLogger(name).setLevel(logging.CRITICAL)
             _litellm = litellm
@@ -185,11 +190,11 @@ class RemoteBackend:
 def _api_key(spec: Any) -> str | None:
     name = spec.api_key_env
     if name:
-        value = os.environ.get(name, "").strip()
+        value = os.environ.get(name, "").strip() or _from_dotenv(name)
         if not value:
             raise ProviderError(
                 f"the environment variable {name} is not set (the API key of {spec.key or spec.litellm_model})",
-                hint=f"export {name}=... or set api_key_env in models.yaml",
+                hint=f"export {name}=..., put it in ./.env, or fix api_key_env in models.yaml",
                 transient=False,
                 trips_breaker=False,
             )
@@ -197,6 +202,15 @@ def _api_key(spec: Any) -> str | None:
     if spec.api_base and provider_of(spec) in _KEYED_PROVIDERS:
         return _NO_KEY
     return None  # the provider's own convention (OPENAI_API_KEY, ...), read by litellm
+
+
+def _from_dotenv(name: str) -> str:
+    """The variable from ``./.env``, the file the settings read too (it is not exported)."""
+    if not os.path.isfile(".env"):
+        return ""
+    from dotenv import dotenv_values  # pydantic-settings' own dependency
+
+    return (dotenv_values(".env").get(name) or "").strip()
 
 
 def _request(call: BackendCall, provider: str, key: str | None) -> dict[str, Any]:
@@ -259,58 +273,83 @@ def _price(lit: Any, spec: Any, provider: str, prompt_tokens: int, completion_to
 # Errors
 
 
-def _error(lit: Any, exc: BaseException, spec: Any, secrets: list[str], streaming: bool = False) -> ProviderError:
-    """Map a litellm / transport exception to the gateway's :class:`ProviderError`."""
-    original = getattr(exc, "original_exception", None)
-    if isinstance(original, Exception) and original is not exc and not isinstance(original, str):
-        inner = _error(lit, original, spec, secrets, streaming)
-        if not (isinstance(exc, lit.MidStreamFallbackError) and inner.message.startswith("unexpected")):
-            return inner
-    model = spec.litellm_model
+def _classes(lit: Any, *names: str) -> tuple[type, ...]:
+    # getattr: older litellm releases lack some of these classes
+    return tuple(c for c in (getattr(lit, n, None) for n in names) if isinstance(c, type))
+
+
+def _classify(lit: Any, exc: BaseException) -> tuple[str, bool, bool] | None:
+    """``(what, transient, trips_breaker)`` for a known failure, None for anything else."""
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
-    detail = _detail(exc)
-    where = " mid-stream" if streaming else ""
-
-    def err(what: str, *, transient: bool, trips: bool = True, retry_after: float | None = None,
-            hint: str | None = None) -> ProviderError:
-        code = f" (HTTP {status})" if status and not what.startswith("HTTP") else ""
-        message = scrub(f"{what}{code}{where} from {model}: {detail}", extra=secrets)
-        return ProviderError(message, hint=scrub(hint, extra=secrets) if hint else None, transient=transient,
-                             retry_after=retry_after, trips_breaker=trips)
-
-    if isinstance(exc, lit.Timeout):
-        return err("timed out", transient=True)
-    if isinstance(exc, lit.RateLimitError):
-        return err("rate limited", transient=True, retry_after=_retry_after(exc))
-    if isinstance(exc, (lit.AuthenticationError, lit.PermissionDeniedError)):
-        key_var = spec.api_key_env or "the provider's API key variable"
-        return err("authentication failed", transient=False, trips=False, hint=f"check {key_var}")
-    if isinstance(exc, lit.NotFoundError):
-        return err("not found", transient=False, trips=False, hint="check litellm_model and api_base")
-    if isinstance(exc, (lit.BadRequestError, lit.UnprocessableEntityError)):
-        return err("request refused", transient=False, trips=False)
-    if isinstance(exc, (lit.APIConnectionError, lit.ServiceUnavailableError, lit.InternalServerError,
-                        lit.BadGatewayError, lit.APIResponseValidationError)):
-        return err("server or connection error", transient=True)
-    if status is not None:
-        if status >= 500 or status in (408, 409, 425, 429):
-            return err(f"HTTP {status}", transient=True, retry_after=_retry_after(exc))
-        if 400 <= status < 500:
-            return err(f"HTTP {status}", transient=False, trips=False)
-    if isinstance(exc, (OSError, TimeoutError, ValueError)) or _is_transport_error(exc):
+    if isinstance(exc, _classes(lit, "Timeout")):
+        return "timed out", True, True
+    if isinstance(exc, _classes(lit, "RateLimitError")):
+        return "rate limited", True, True
+    if isinstance(exc, _classes(lit, "AuthenticationError", "PermissionDeniedError")):
+        return "authentication failed", False, False
+    if isinstance(exc, _classes(lit, "NotFoundError")):
+        return "not found", False, False
+    if isinstance(exc, _classes(lit, "BadRequestError", "UnprocessableEntityError")):
+        return "request refused", False, False
+    if isinstance(exc, _classes(lit, "APIConnectionError", "ServiceUnavailableError", "InternalServerError",
+                                "BadGatewayError", "APIResponseValidationError")):
+        return "server or connection error", True, True
+    if status is not None and (status >= 500 or status in (408, 409, 425, 429)):
+        return "server error", True, True
+    if status is not None and 400 <= status < 500:
+        return "request refused", False, False
+    if isinstance(exc, (OSError, TimeoutError, json.JSONDecodeError, UnicodeDecodeError)) \
+            or _is_transport_error(exc):
         # connection resets, JSON that does not parse, an HTTP client's own transport errors
-        return err("transport error", transient=True)
-    return err(f"unexpected {type(exc).__name__}", transient=False)
+        return "transport error", True, True
+    return None
+
+
+def _error(lit: Any, exc: BaseException, spec: Any, secrets: list[str], streaming: bool = False) -> ProviderError:
+    """Map a litellm / transport exception to the gateway's :class:`ProviderError`."""
+    # litellm wraps failures met mid-stream (MidStreamFallbackError); the wrapped one says more.
+    original = getattr(exc, "original_exception", None)
+    if isinstance(original, BaseException) and original is not exc and _classify(lit, original) is not None:
+        exc = original
+    what, transient, trips = _classify(lit, exc) or (f"unexpected {type(exc).__name__}", False, True)
+    status = getattr(exc, "status_code", None)
+    # litellm gives connection errors and timeouts a status too (500, 408); no server said it
+    answered = not isinstance(exc, _classes(lit, "APIConnectionError", "Timeout"))
+    code = f" (HTTP {status})" if answered and isinstance(status, int) and status >= 400 else ""
+    where = " mid-stream" if streaming else ""
+    message = scrub(f"{what}{code}{where} from {spec.litellm_model}: {_detail(exc)}", extra=secrets)
+    hint = None
+    if what == "authentication failed":
+        hint = f"check {spec.api_key_env}" if spec.api_key_env else "set api_key_env for this model in models.yaml"
+    elif what == "not found":
+        hint = "check litellm_model and api_base"
+    retry_after = _retry_after(exc) if transient else None
+    return ProviderError(message, hint=hint, transient=transient, retry_after=retry_after, trips_breaker=trips)
 
 
 def _detail(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", "") or exc) or type(exc).__name__
-    text = " ".join(text.split())
-    for prefix in ("litellm.", "MidStreamFallbackError: "):
-        while text.startswith(prefix):
-            text = text[len(prefix):]
+    """The server's own words, without litellm's repeated class-name prefixes."""
+    text = " ".join(str(getattr(exc, "message", "") or exc).split()) or type(exc).__name__
+    text = re.sub(r"\.?\s*Handle with `litellm\.\w+`\.?", "", text)
+    text = re.sub(r"^(?:(?:litellm\.)?\w*(?:Error|Exception|Timeout)\s*[:-]\s*)+", "", text)
+    said = _said(getattr(exc, "body", None))
+    if said is None:  # a JSON error body quoted inside litellm's message
+        quoted = re.search(r'"(?:message|detail)":\s*"((?:[^"\\]|\\.)*)"', text)
+        said = quoted.group(1) if quoted else None
+    text = " ".join(said.split()) if said else text
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _said(body: Any) -> str | None:
+    """The message in an error body: OpenAI's ``error.message``, FastAPI's ``detail``, ..."""
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail"):
+            value = body.get(key)
+            found = _said(value) if isinstance(value, dict) else value
+            if isinstance(found, str) and found.strip():
+                return found
+    return None
 
 
 def _is_transport_error(exc: BaseException) -> bool:

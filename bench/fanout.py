@@ -1,0 +1,170 @@
+"""Fan-out over real HTTP: 3 parallel expert calls, then 1 synthesizer call (multi_perspective).
+
+Every call goes through the Gateway, the remote (litellm) backend and real HTTP to the test
+server of tests/servers, run in its own process on 127.0.0.1, which waits a fixed delay before
+each answer. With perfect
+concurrency a run takes the critical path, 2 x delay (the experts together, then the
+synthesizer); run one call after another it would take the sum, 4 x delay. Two ways are timed:
+
+- ``engine``: the shipped ``multi_perspective`` flow through ``run_flow_async``
+- ``gateway``: the same shape driven on the Gateway directly with ``asyncio.gather``
+- ``sdk``: the same shape with the bare OpenAI SDK (no deliberate, no litellm): the floor that
+  the transport and the test server leave; the gap to it is deliberate's and litellm's CPU time
+
+    python bench/fanout.py [--delay 0.3] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from deliberate.config import Settings
+from deliberate.gateway import Gateway, GenerationRequest
+from deliberate.gateway.backends.remote import RemoteBackend, load_litellm
+from deliberate.registry import CostProfile, Limits, ModelSpec, Registry, StrategySpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TARGET = 1.15  # at most this times the critical path
+EXPERTS = ("security", "performance", "ux")
+
+
+def make_gateway(api_base: str) -> Gateway:
+    remote = ModelSpec(key="remote", provider="litellm", litellm_model="openai/bench-model",
+                       api_base=api_base, context_window=8192, cost_profile=CostProfile())
+    strategy = StrategySpec(name="balanced", limits=Limits(max_tokens=64, timeout_s=30, max_retries=0))
+    registry = Registry(models={"remote": remote, "smollm2-135m": remote.model_copy(update={"key": "smollm2-135m"})},
+                        strategies={"balanced": strategy}, default_model="remote", default_strategy="balanced")
+    settings = Settings(cache=False)
+    return Gateway(registry, settings=settings, backends={"litellm": RemoteBackend(settings)})
+
+
+async def via_gateway(gw: Gateway, task: str) -> float:
+    started = time.perf_counter()
+    answers = await asyncio.gather(*(gw.generate(GenerationRequest.from_prompt(
+        f"Task: {task}\nAnswer as the {e} expert.", model_key="remote")) for e in EXPERTS))
+    merged = "\n\n".join(f"## {e} expert\n{a.text}" for e, a in zip(EXPERTS, answers, strict=True))
+    await gw.generate(GenerationRequest.from_prompt(f"Task: {task}\n{merged}\nMerge these.", model_key="remote"))
+    return time.perf_counter() - started
+
+
+async def via_sdk(api_base: str, task: str) -> float:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=api_base, api_key="no-key-required", max_retries=0)
+
+    async def one(prompt: str) -> str:
+        stream = await client.chat.completions.create(model="bench-model", stream=True, max_tokens=64,
+                                                      messages=[{"role": "user", "content": prompt}])
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    started = time.perf_counter()
+    answers = await asyncio.gather(*(one(f"Task: {task}\nAnswer as the {e} expert.") for e in EXPERTS))
+    await one(f"Task: {task}\n" + "\n\n".join(answers) + "\nMerge these.")
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return elapsed
+
+
+async def via_engine(gw: Gateway, task: str) -> float:
+    from deliberate._api import run_flow_async
+    from deliberate.engine import RunOptions
+
+    started = time.perf_counter()
+    outcome = await run_flow_async("multi_perspective", {"prompt": task}, RunOptions(models={"*": "remote"}),
+                                   registry=gw.registry, gateway=gw, settings=gw.settings, record=False)
+    elapsed = time.perf_counter() - started
+    if outcome.result.status != "succeeded":
+        raise SystemExit(f"the flow failed: {outcome.result.error}")
+    return elapsed
+
+
+class Server:
+    """The test server in its own process, so its work does not share this process's CPU and GIL
+    with the client being measured (as a real model server would not)."""
+
+    def __init__(self, delay: float) -> None:
+        script = ROOT / "tests" / "servers" / "fake_llm.py"
+        self.proc = subprocess.Popen([sys.executable, str(script), "--delay", str(delay), "--text",
+                                      "Point one. Point two."], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        self.openai_base = f"http://127.0.0.1:{self.port}/v1"
+
+    def stats(self) -> dict[str, int]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_stats", timeout=5) as r:
+            return dict(json.load(r))
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def measure(mode: str, server: Server, runs: int) -> tuple[list[float], int, int]:
+    gw = make_gateway(server.openai_base)
+
+    async def once(task: str) -> float:
+        if mode == "sdk":
+            return await via_sdk(server.openai_base, task)
+        return await (via_engine if mode == "engine" else via_gateway)(gw, task)
+
+    await once("warm-up")  # first call: HTTP client and connection set-up, template compile
+    before = server.stats()["calls"]
+    times = [await once("Review a login form that stores passwords.") for _ in range(runs)]
+    stats = server.stats()
+    return times, stats["calls"] - before, stats["max_in_flight"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--delay", type=float, default=0.3, help="seconds the server waits before each answer")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--mode", choices=["engine", "gateway", "sdk", "all"], default="all")
+    args = parser.parse_args()
+
+    load_litellm()  # its import takes seconds; not part of any call
+    if hasattr(os, "getloadavg"):
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work skews the numbers)")
+    critical, total = 2 * args.delay, 4 * args.delay
+    modes = ["engine", "gateway", "sdk"] if args.mode == "all" else [args.mode]
+    print(f"fan-out: {len(EXPERTS)} experts in parallel, then 1 synthesizer; the server takes "
+          f"{args.delay * 1000:.0f} ms per reply; {args.runs} runs each after a warm-up")
+    print(f"critical path {critical:.2f} s, sum of calls {total:.2f} s\n")
+    print(f"{'mode':<9}{'median':>9}{'min':>9}{'max':>9}{'vs critical':>13}{'vs sum':>9}{'calls':>7}"
+          f"{'peak':>6}")
+    worst = 0.0
+    server = Server(args.delay)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.chdir(tmp)  # the flow lookup reads ./flows first; keep the user's files out of it
+            for mode in modes:
+                times, calls, peak = asyncio.run(measure(mode, server, args.runs))
+                med = statistics.median(times)
+                if mode != "sdk":
+                    worst = max(worst, med / critical)
+                print(f"{mode:<9}{med:>8.3f}s{min(times):>8.3f}s{max(times):>8.3f}s{med / critical:>12.2f}x"
+                      f"{med / total:>8.2f}x{calls:>7}{peak:>6}")
+    finally:
+        server.close()
+    verdict = "within" if worst <= TARGET else "OVER"
+    print(f"\n{verdict} the target of {TARGET:.2f}x the critical path (worst median {worst:.2f}x)")
+    sys.exit(0 if worst <= TARGET else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,452 @@
+"""The remote backend, through the real litellm HTTP path, against real servers on 127.0.0.1.
+
+Every test points litellm at a :class:`FakeLLM` with ``api_base`` and drives it through the
+Gateway (or the backend alone where the exact error matters), so retries, the breaker, fallbacks,
+the budget and rate limits are the real layers meeting real HTTP faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import logging
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deliberate.config import Settings
+from deliberate.errors import BudgetExceeded, ProviderError
+from deliberate.gateway import Backend, Budget, Gateway, GenerationRequest
+from deliberate.gateway.backends.remote import RemoteBackend, load_litellm
+from deliberate.gateway.contracts import BackendCall, Message, Sampling
+from deliberate.registry import CostProfile, Limits, ModelSpec, RateLimit, Registry, StrategySpec
+from servers.fake_llm import FakeLLM, Script, pieces
+
+# litellm's own pydantic models warn on import and on every response; not ours to fix.
+LITELLM_NOISE = [pytest.mark.filterwarnings("ignore:.*ReadOnly.*:UserWarning"),
+                 pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211")]
+pytestmark = LITELLM_NOISE
+
+KEY_ENV = "FAKE_LLM_TOKEN"  # deliberately not *_API_KEY: the backend must scrub it by itself
+KEY = "sk-deliberate-test-7f3a9c2e51d4"
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _litellm_loaded() -> None:
+    # Import once up front: its seconds must not count against the short timeouts below.
+    load_litellm()
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Refuse (and remember) any connection or name lookup outside 127.0.0.0/8 and ::1."""
+    refused: list[str] = []
+    real_connect, real_connect_ex, real_getaddrinfo = (socket.socket.connect, socket.socket.connect_ex,
+                                                       socket.getaddrinfo)
+
+    def loopback(host: object) -> bool:
+        if host in ("localhost", None):
+            return True
+        try:
+            return ipaddress.ip_address(str(host)).is_loopback
+        except ValueError:
+            return False
+
+    def check(sock: socket.socket, address: Any) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple) \
+                and not loopback(address[0]):
+            refused.append(str(address))
+            raise OSError(f"test guard: no traffic outside 127.0.0.0/8 ({address})")
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        check(sock, address)
+        return real_connect(sock, address)
+
+    def connect_ex(sock: socket.socket, address: Any) -> int:
+        check(sock, address)
+        return real_connect_ex(sock, address)
+
+    def getaddrinfo(host: Any, *args: Any, **kw: Any) -> Any:
+        if not loopback(host.decode() if isinstance(host, bytes) else host):
+            refused.append(f"lookup {host}")
+            raise socket.gaierror(f"test guard: no lookup of {host}")
+        return real_getaddrinfo(host, *args, **kw)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield refused
+    assert not refused, f"a test tried to leave the machine: {refused}"
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    return KEY
+
+
+@pytest.fixture
+def server() -> Iterator[FakeLLM]:
+    with FakeLLM() as s:
+        yield s
+
+
+@pytest.fixture
+def backup() -> Iterator[FakeLLM]:
+    with FakeLLM(Script(text="The backup answers.")) as s:
+        yield s
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def openai_model(key: str, server: FakeLLM, **kw: Any) -> ModelSpec:
+    fields: dict[str, Any] = {"provider": "litellm", "litellm_model": "openai/test-model",
+                                 "api_base": server.openai_base, "api_key_env": KEY_ENV,
+                                 "context_window": 8192}
+    fields.update(kw)
+    return ModelSpec(key=key, **fields)
+
+
+def anthropic_model(key: str, server: FakeLLM, **kw: Any) -> ModelSpec:
+    return openai_model(key, server, litellm_model="anthropic/claude-test", api_base=server.url, **kw)
+
+
+def gateway(*models: ModelSpec, retries: int = 2, timeout_s: float | None = 10.0, fallbacks: list[str] | None = None,
+            max_failures: int = 5, breaker_timeout: float = 60.0, budget: float | None = None,
+            plugin: bool = False) -> Gateway:
+    strategy = StrategySpec(name="test", sampling=Sampling(temperature=0.2),
+                            limits=Limits(max_tokens=16, max_retries=retries, timeout_s=timeout_s),
+                            fallbacks=fallbacks or [])
+    registry = Registry(models={m.key: m for m in models}, strategies={"test": strategy},
+                        default_model=models[0].key, default_strategy="test")
+    settings = Settings(circuit_breaker_max_failures=max_failures, circuit_breaker_timeout=breaker_timeout,
+                        cache=False)
+    backends: dict[str, Backend] | None = None if plugin else {"litellm": RemoteBackend(settings)}
+    return Gateway(registry, settings=settings, backends=backends, budget=Budget(budget), retry_base_s=0.01)
+
+
+def ask(prompt: str = "Say hello.", key: str | None = None, **kw: Any) -> GenerationRequest:
+    return GenerationRequest.from_prompt(prompt, model_key=key, **kw)
+
+
+def call_for(spec: ModelSpec, timeout_s: float | None = 10.0, system: str | None = None) -> BackendCall:
+    msgs = ([Message(role="system", content=system)] if system else []) + [Message(role="user", content="Hi")]
+    return BackendCall(model_key=spec.key, spec=spec, messages=msgs, sampling=Sampling(temperature=0),
+                       max_tokens=16, timeout_s=timeout_s)
+
+
+def kinds(gw: Gateway, endpoint: str) -> list[str]:
+    return [e.kind for e in gw.events if e.endpoint == endpoint and e.kind.startswith("breaker")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Import cost
+
+
+def test_importing_the_backend_does_not_import_litellm() -> None:
+    code = ("import sys, deliberate.gateway, deliberate.gateway.backends.remote as r; r.RemoteBackend(None); "
+            "print('litellm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers
+
+
+async def test_tokens_stream_in_order_and_join_to_the_text(server: FakeLLM) -> None:
+    text = "Deliberation beats a single guess, most of the time."
+    server.queue(Script(text=text, prompt_tokens=12))
+    gw = gateway(openai_model("remote", server), plugin=True)  # the entry point, as a user gets it
+    tokens: list[str] = []
+    result = await gw.generate(ask("Why deliberate?"), on_token=tokens.append)
+
+    assert tokens == pieces(text)
+    assert "".join(tokens) == result.text == text
+    assert result.source == "openai" and result.model_resolved == "remote"
+    assert result.usage.prompt_tokens == 12 and result.usage.completion_tokens == len(pieces(text))
+    assert result.finish_reason == "stop"
+    sent = server.requests[-1]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.body["stream"] is True and sent.body["stream_options"] == {"include_usage": True}
+    assert sent.body["max_tokens"] == 16 and sent.body["temperature"] == 0.2
+    assert sent.body["messages"] == [{"role": "user", "content": "Why deliberate?"}]
+
+
+async def test_cost_comes_from_the_cost_profile(server: FakeLLM) -> None:
+    server.queue(Script(prompt_tokens=1000, completion_tokens=500))
+    profile = CostProfile(input_per_million=2.0, output_per_million=10.0)
+    gw = gateway(openai_model("priced", server, cost_profile=profile))
+    result = await gw.generate(ask())
+    assert result.usage.cost_usd == pytest.approx(1000 * 2e-6 + 500 * 10e-6)
+
+
+async def test_cost_comes_from_litellms_price_map_without_a_profile(server: FakeLLM) -> None:
+    lit = load_litellm()
+    server.queue(Script(prompt_tokens=1000, completion_tokens=500), Script(prompt_tokens=1000, completion_tokens=500))
+    known = openai_model("mini", server, litellm_model="openai/gpt-4o-mini")
+    unknown = openai_model("unknown", server)
+    gw = gateway(known, unknown)
+
+    priced = await gw.generate(ask(key="mini"))
+    p, c = lit.cost_per_token(model="openai/gpt-4o-mini", prompt_tokens=1000, completion_tokens=500)
+    assert priced.usage.cost_usd == pytest.approx(p + c) and priced.usage.cost_usd > 0
+    assert (await gw.generate(ask(key="unknown"))).usage.cost_usd == 0.0
+
+    backend = RemoteBackend(None)
+    assert backend.estimate_cost(known, 1000, 500) == pytest.approx(p + c)
+    assert backend.estimate_cost(unknown, 1000, 500) == 0.0
+
+
+async def test_usage_is_counted_when_the_server_reports_none(server: FakeLLM) -> None:
+    server.queue(Script(text="Four words right here.", usage=False))
+    result = await gateway(openai_model("remote", server)).generate(ask("Count these words please."))
+    assert result.usage.prompt_tokens > 0 and result.usage.completion_tokens > 0
+
+
+async def test_anthropic_end_to_end(server: FakeLLM) -> None:
+    text = "Claude-shaped answer, streamed."
+    server.queue(Script(text=text, prompt_tokens=9, completion_tokens=5))
+    gw = gateway(anthropic_model("claude", server))
+    tokens: list[str] = []
+    result = await gw.generate(ask("Hi", system="Be brief."), on_token=tokens.append)
+
+    assert tokens == pieces(text) and result.text == text
+    assert result.source == "anthropic"
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (9, 5)
+    sent = server.requests[-1]
+    assert sent.path == "/v1/messages"
+    assert sent.headers["x-api-key"] == KEY and "authorization" not in sent.headers
+    assert "Be brief." in str(sent.body["system"]) and sent.body["max_tokens"] == 16
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults
+
+
+async def test_server_errors_are_retried_until_an_answer(server: FakeLLM) -> None:
+    server.queue(Script(status=500), Script(status=500))
+    gw = gateway(openai_model("remote", server), retries=2)
+    result = await gw.generate(ask())
+
+    assert result.text == Script().text and server.calls == 3
+    assert [a.ok for a in result.attempts] == [False, False, True]
+    assert "HTTP 500" in (result.attempts[0].error or "")
+    assert [e.kind for e in result.events] == ["retry", "retry"]
+    assert gw.breaker_state(openai_model("remote", server).endpoint) == "closed"
+
+
+async def test_429_retry_after_is_honoured(server: FakeLLM) -> None:
+    server.queue(Script(status=429, retry_after="1"))
+    gw = gateway(openai_model("remote", server), retries=1)
+    result = await gw.generate(ask())
+
+    retry = next(e for e in result.events if e.kind == "retry")
+    delay = float(re.search(r"retrying in ([0-9.]+)s", retry.detail).group(1))  # type: ignore[union-attr]
+    assert delay >= 1.0  # the jittered backoff alone would be ~0.01 s
+    assert "rate limited" in retry.detail
+    assert server.requests[1].at - server.requests[0].at >= 0.9
+
+
+async def test_retry_after_is_read_for_anthropic_and_as_an_http_date(server: FakeLLM) -> None:
+    backend = RemoteBackend(None)
+    server.queue(Script(status=429, retry_after="2"))
+    with pytest.raises(ProviderError) as caught:
+        await backend.generate(call_for(anthropic_model("claude", server)))
+    assert caught.value.transient and caught.value.retry_after == 2.0
+
+    when = email.utils.formatdate(time.time() + 3, usegmt=True)
+    server.queue(Script(status=429, retry_after=when))
+    with pytest.raises(ProviderError) as caught:
+        await backend.generate(call_for(openai_model("remote", server)))
+    assert caught.value.retry_after is not None and 0.5 < caught.value.retry_after <= 3.5
+
+
+async def test_breaker_opens_the_fallback_answers_and_a_probe_closes_it(server: FakeLLM, backup: FakeLLM) -> None:
+    server.default = Script(status=503)
+    primary, spare = openai_model("primary", server), openai_model("spare", backup)
+    gw = gateway(primary, spare, retries=0, fallbacks=["spare"], max_failures=2, breaker_timeout=1.0)
+
+    for _ in range(2):  # two consecutive failures open the primary's breaker
+        result = await gw.generate(ask(key="primary"))
+        assert result.model_resolved == "spare" and result.text == "The backup answers."
+    assert gw.breaker_state(primary.endpoint) == "open"
+    assert kinds(gw, primary.endpoint) == ["breaker_open"]
+    assert any(e.kind == "fallback" and e.model_key == "spare" for e in gw.events)
+
+    calls = server.calls
+    result = await gw.generate(ask(key="primary"))  # open: the primary is not even tried
+    assert result.model_resolved == "spare" and server.calls == calls
+    assert "circuit breaker" in (result.attempts[0].error or "")
+
+    server.default = Script(text="Primary is back.")
+    await asyncio.sleep(1.1)
+    result = await gw.generate(ask(key="primary"))  # half-open: one probe, it succeeds, closed again
+    assert result.model_resolved == "primary" and result.text == "Primary is back."
+    assert kinds(gw, primary.endpoint) == ["breaker_open", "breaker_half_open", "breaker_closed"]
+    assert gw.breaker_state(primary.endpoint) == "closed"
+    assert kinds(gw, spare.endpoint) == []
+
+
+async def test_a_slow_reply_times_out_as_a_transient_failure(server: FakeLLM) -> None:
+    server.queue(Script(delay_s=3))
+    with pytest.raises(ProviderError) as caught:
+        await RemoteBackend(None).generate(call_for(openai_model("remote", server), timeout_s=0.3))
+    assert caught.value.transient and "timed out" in caught.value.message
+
+    server.queue(Script(delay_s=3))
+    gw = gateway(openai_model("remote", server), retries=1, timeout_s=0.3)
+    started = time.perf_counter()
+    result = await gw.generate(ask())
+    assert result.text == Script().text and [a.ok for a in result.attempts] == [False, True]
+    assert time.perf_counter() - started < 2.5  # it did not wait for the slow reply
+
+
+@pytest.mark.parametrize("flavour", ["openai", "anthropic"])
+async def test_malformed_json_is_a_transient_failure(server: FakeLLM, flavour: str) -> None:
+    spec = (openai_model if flavour == "openai" else anthropic_model)("remote", server)
+    server.queue(Script(malformed=True))
+    with pytest.raises(ProviderError) as caught:
+        await RemoteBackend(None).generate(call_for(spec))
+    assert caught.value.transient
+
+    server.queue(Script(malformed=True))
+    result = await gateway(spec, retries=1).generate(ask())
+    assert result.text == Script().text and [a.ok for a in result.attempts] == [False, True]
+
+
+@pytest.mark.parametrize("flavour", ["openai", "anthropic"])
+async def test_a_dropped_stream_is_never_taken_as_the_answer(server: FakeLLM, flavour: str) -> None:
+    spec = (openai_model if flavour == "openai" else anthropic_model)("remote", server)
+    cut = Script(text="one two three four five", cut_after=2)
+    server.queue(cut)
+    seen: list[str] = []
+    with pytest.raises(ProviderError) as caught:
+        await RemoteBackend(None).generate(call_for(spec), on_token=seen.append)
+    assert caught.value.transient and seen == ["one ", "two "]
+
+    server.queue(cut)
+    result = await gateway(spec, retries=1).generate(ask())
+    assert result.text == Script().text  # the retry's whole answer, not "one two "
+    assert [a.ok for a in result.attempts] == [False, True]
+
+
+async def test_401_is_not_retried_and_does_not_trip_the_breaker(server: FakeLLM) -> None:
+    server.default = Script(status=401, error="invalid key")
+    spec = openai_model("remote", server)
+    gw = gateway(spec, retries=3, max_failures=1)
+    for expected_calls in (1, 2):
+        with pytest.raises(ProviderError, match="authentication failed"):
+            await gw.generate(ask())
+        assert server.calls == expected_calls  # one request per call: no retry
+    assert gw.breaker_state(spec.endpoint) == "closed" and kinds(gw, spec.endpoint) == []
+
+
+@pytest.mark.parametrize(("status", "transient", "trips"), [(400, False, False), (404, False, False),
+                                                             (422, False, False), (502, True, True),
+                                                             (503, True, True)])
+async def test_status_codes_map_to_the_gateways_error_kinds(server: FakeLLM, status: int, transient: bool,
+                                                           trips: bool) -> None:
+    server.queue(Script(status=status))
+    with pytest.raises(ProviderError) as caught:
+        await RemoteBackend(None).generate(call_for(openai_model("remote", server)))
+    assert (caught.value.transient, caught.value.trips_breaker) == (transient, trips)
+    assert f"HTTP {status}" in caught.value.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Budget and rate limits
+
+
+async def test_the_budget_refuses_the_call_that_would_go_over(server: FakeLLM) -> None:
+    server.default = Script(completion_tokens=16)
+    profile = CostProfile(input_per_million=0.0, output_per_million=1000.0)  # $0.001 per output token
+    gw = gateway(openai_model("priced", server, cost_profile=profile), budget=0.02)
+
+    first = await gw.generate(ask())
+    assert first.usage.cost_usd == pytest.approx(0.016)
+    with pytest.raises(BudgetExceeded):
+        await gw.generate(ask())  # 0.016 spent + up to 0.016 more > 0.02
+    assert server.calls == 1  # refused before any request
+
+
+async def test_max_concurrent_holds_under_a_five_way_fan_out(server: FakeLLM) -> None:
+    server.default = Script(delay_s=0.4)  # long enough that the first two always overlap
+    gw = gateway(openai_model("limited", server, rate_limit=RateLimit(max_concurrent=2)))
+    results = await asyncio.gather(*(gw.generate(ask(f"expert {i}")) for i in range(5)))
+    assert len(results) == 5 and server.calls == 5
+    assert server.max_in_flight == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+
+
+async def test_a_missing_key_names_the_variable_and_sends_nothing(server: FakeLLM,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV)
+    spec = openai_model("remote", server)
+    with pytest.raises(ProviderError) as caught:
+        await RemoteBackend(None).generate(call_for(spec))
+    assert KEY_ENV in caught.value.line()
+    assert not caught.value.transient and not caught.value.trips_breaker
+
+    gw = gateway(spec, max_failures=1)
+    with pytest.raises(ProviderError, match=KEY_ENV):
+        await gw.generate(ask())
+    assert server.calls == 0 and gw.breaker_state(spec.endpoint) == "closed"
+
+
+@pytest.mark.parametrize("flavour", ["openai", "anthropic"])
+async def test_the_key_travels_in_the_header_and_nowhere_else(server: FakeLLM, flavour: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    spec = (openai_model if flavour == "openai" else anthropic_model)("remote", server)
+    gw = gateway(spec, retries=0)
+    result = await gw.generate(ask())
+    sent = server.requests[-1]
+    header = sent.headers["authorization"] if flavour == "openai" else sent.headers["x-api-key"]
+    assert header in (f"Bearer {KEY}", KEY)
+    assert KEY not in sent.raw and KEY not in result.model_dump_json()
+
+    # A server that echoes the key back in its error (some do) must not leak it into ours.
+    server.queue(Script(status=401, error=f"Incorrect API key provided: {KEY}"),
+                 Script(status=500, error=f"upstream rejected {KEY}"))
+    for _ in range(2):
+        with pytest.raises(ProviderError) as caught:
+            await gw.generate(ask())
+        assert KEY not in caught.value.line() and KEY not in str(caught.value)
+    assert KEY not in caplog.text
+    assert all(KEY not in e.model_dump_json() for e in gw.events)
+
+
+async def test_a_provider_key_in_the_environment_never_goes_to_a_custom_api_base(
+        server: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    provider_key = "sk-real-openai-key-0123456789"
+    monkeypatch.setenv("OPENAI_API_KEY", provider_key)
+    spec = openai_model("self-hosted", server, api_key_env=None)
+    await gateway(spec).generate(ask())
+    assert provider_key not in str(server.requests[-1].headers)
+
+
+async def test_the_key_may_come_from_the_dotenv_file(server: FakeLLM, monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    monkeypatch.delenv(KEY_ENV)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(f"{KEY_ENV}={KEY}\n")
+    await gateway(openai_model("remote", server)).generate(ask())
+    assert server.requests[-1].headers["authorization"] == f"Bearer {KEY}"

