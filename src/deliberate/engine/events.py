@@ -72,10 +72,14 @@ class StepStarted(Event):
 
 
 class Token(Event):
+    """Streamed text of a running call. ``reset``: the attempt so far was dropped (a retry or a
+    fallback follows); forget the text streamed for this step and branch."""
+
     step: str
     text: str
     round: int = 1
     branch: int | None = None
+    reset: bool = False
 
 
 class CallFinished(Event):

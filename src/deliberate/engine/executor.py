@@ -325,8 +325,13 @@ class _Run:
         def on_token(text: str) -> None:
             self.emit(Token(step=name, text=text, round=rnd, branch=branch))
 
+        def on_event(ev: GatewayEvent) -> None:
+            if ev.kind in ("retry", "fallback"):
+                self.emit(Token(step=name, text="", round=rnd, branch=branch, reset=True))
+            self.emit(GatewayNotice(step=name, event=ev))
+
         try:
-            result = await self.e.gateway.generate(request, on_token=on_token)
+            result = await self.e.gateway.generate(request, on_token=on_token, on_event=on_event)
         except BudgetExceeded as exc:
             partial = getattr(exc, "result", None)
             if partial is not None:

@@ -93,6 +93,7 @@ class Gateway:
         return lambda: self._listeners.remove(listener)
 
     def _emit(self, event: GatewayEvent) -> None:
+        """Endpoint-level events (breaker state): every subscriber hears them."""
         self.events.append(event)
         for listener in list(self._listeners):
             listener(event)
@@ -154,40 +155,41 @@ class Gateway:
         events: list[GatewayEvent] = []
 
         def emit(ev: GatewayEvent) -> None:
+            """This call's events (retries, fallbacks): in its result, to its caller, and in
+            ``self.events``; not broadcast, since concurrent calls must not see each other's."""
             events.append(ev)
+            self.events.append(ev)
             if on_event:
                 on_event(ev)
 
-        unsubscribe = self.subscribe(emit)
         failures: list[str] = []
-        try:
-            for i, key in enumerate(candidates):
-                model = self.registry.model(key)
-                if i > 0:
-                    self._emit(GatewayEvent(kind="fallback", endpoint=model.endpoint, model_key=key,
-                                            detail=f"after: {failures[-1]}", at=time.time()))
-                try:
-                    result = await self._call_model(
-                        model, strategy, sampling, max_tokens, request, attempts, on_token
-                    )
-                except BudgetExceeded:
-                    raise
-                except (ProviderError, CapacityError, ValidationError) as exc:
-                    failures.append(f"{key}: {exc.line()}")
-                    if isinstance(exc, ProviderError) and not exc.trips_breaker and "breaker" not in exc.message:
-                        # Bad request / missing key: the same request fails on every model only if
-                        # it is the request's fault; try the fallbacks anyway, they may differ.
-                        pass
-                    continue
-                result.attempts = attempts
-                result.events = events
-                result.strategy = strategy.name
-                result.timings.total_time = time.perf_counter() - started
-                return result
-        finally:
-            unsubscribe()
-        if len(failures) == 1:
-            raise ProviderError(failures[0].split(": ", 1)[1], where=f"model {candidates[0]!r}")
+        errors: list[DeliberateError] = []
+        for i, key in enumerate(candidates):
+            model = self.registry.model(key)
+            if i > 0:
+                emit(GatewayEvent(kind="fallback", endpoint=model.endpoint, model_key=key,
+                                  detail=f"after: {failures[-1]}", at=time.time()))
+            try:
+                result = await self._call_model(
+                    model, strategy, sampling, max_tokens, request, attempts, on_token, emit
+                )
+            except BudgetExceeded:
+                raise
+            except (ProviderError, CapacityError, ValidationError) as exc:
+                failures.append(f"{key}: {exc.line()}")
+                errors.append(exc)
+                continue
+            result.attempts = attempts
+            result.events = events
+            result.strategy = strategy.name
+            result.timings.total_time = time.perf_counter() - started
+            return result
+        if len(errors) == 1:
+            # keep the original (transient, retry_after, trips_breaker) so callers can tell a bad
+            # key from an outage
+            err = errors[0]
+            err.where = err.where or f"model {candidates[0]!r}"
+            raise err
         raise ProviderError(
             "every model failed: " + "; ".join(failures),
             hint="see the run record for each attempt",
@@ -202,6 +204,7 @@ class Gateway:
         request: GenerationRequest,
         attempts: list[Attempt],
         on_token: TokenCallback | None,
+        emit: EventCallback,
     ) -> GenerationResult:
         prompt_text = "\n".join(m.content for m in request.messages)
         prompt_est = estimate_tokens(prompt_text)
@@ -232,7 +235,9 @@ class Gateway:
                     on_token(hit.text)
                 return hit.model_copy(update={"cache_hit": True, "usage": hit.usage.model_copy(update={"cost_usd": 0.0})})
 
-        self.budget.check(self._estimate_cost(backend, spec, prompt_est, max_tokens), f"a call to {spec.key}")
+        if self.budget.max_cost_usd is not None:
+            estimate = await self._estimate_cost(backend, spec, prompt_est, max_tokens)
+            self.budget.check(estimate, f"a call to {spec.key}")
 
         breaker = self.breaker(spec.endpoint)
         rate = self.rate_limit(spec)
@@ -269,7 +274,7 @@ class Gateway:
                 if isinstance(exc, ProviderError) and exc.transient and attempt < strategy.limits.max_retries \
                         and breaker.state == "closed":
                     delay = backoff_delay(attempt, self.retry_base_s, retry_after=exc.retry_after)
-                    self._emit(GatewayEvent(kind="retry", endpoint=spec.endpoint, model_key=spec.key,
+                    emit(GatewayEvent(kind="retry", endpoint=spec.endpoint, model_key=spec.key,
                                             detail=f"attempt {attempt + 1} failed ({exc.message}); "
                                                    f"retrying in {delay:.2f}s", at=time.time()))
                     await asyncio.sleep(delay)
@@ -316,10 +321,12 @@ class Gateway:
         assert last is not None
         raise last
 
-    def _estimate_cost(self, backend: Backend, spec: ModelSpec, prompt_tokens: int, max_tokens: int) -> float:
+    async def _estimate_cost(self, backend: Backend, spec: ModelSpec, prompt_tokens: int,
+                             max_tokens: int) -> float:
         if spec.cost_profile is not None:
             return spec.cost_profile.cost(prompt_tokens, max_tokens)
         estimate = getattr(backend, "estimate_cost", None)
         if estimate is None:
             return 0.0
-        return float(estimate(spec, prompt_tokens, max_tokens))
+        # a backend may import its pricing tables on first use (litellm: seconds); off the loop
+        return float(await asyncio.to_thread(estimate, spec, prompt_tokens, max_tokens))

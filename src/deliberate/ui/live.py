@@ -41,7 +41,7 @@ class LiveView:
             return
         if isinstance(event, Token):
             key = event.step if event.branch is None else f"{event.step}\x00{event.branch}"
-            self.streaming[key] = self.streaming.get(key, "") + event.text
+            self.streaming[key] = ("" if event.reset else self.streaming.get(key, "")) + event.text
         elif isinstance(event, (StepFinished, StepFailed, StepSkipped)):
             for key in [k for k in self.streaming if k.split("\x00")[0] == event.step]:
                 del self.streaming[key]
