@@ -98,9 +98,15 @@ def execute(loaded: Any, inputs: dict[str, Any], options: Any, registry: Any, *,
     from ..ui.render import answer
 
     settings = get_settings()
-    gateway = Gateway(registry, settings=settings, budget=Budget(options.max_cost),
-                      cache=ResponseCache(settings.response_cache()) if cache or settings.cache else None)
     console = err_console()
+
+    def progress(message: str) -> None:
+        if not json_out:
+            console.print(f"[dim]{message}[/]", highlight=False)
+
+    gateway = Gateway(registry, settings=settings, budget=Budget(options.max_cost),
+                      cache=ResponseCache(settings.response_cache()) if cache or settings.cache else None,
+                      progress=progress)
     subscribers = []
     view = None
     if not json_out and not quiet:

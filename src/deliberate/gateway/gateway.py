@@ -49,12 +49,22 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-def load_backend(provider: str, settings: Settings) -> Backend:
+def load_backend(provider: str, settings: Settings,
+                 progress: Callable[[str], None] | None = None) -> Backend:
     """Create the backend registered under ``provider`` in the ``deliberate.backends`` entry
-    point group. The built-in backends register there too, so the plugin path is always used."""
+    point group. The built-in backends register there too, so the plugin path is always used.
+    ``progress`` (human-readable loading messages) goes to backends that accept it."""
+    import inspect
+
     for ep in entry_points(group="deliberate.backends"):
         if ep.name == provider:
             factory = ep.load()
+            try:
+                accepts = "progress" in inspect.signature(factory).parameters
+            except (TypeError, ValueError):
+                accepts = False
+            if accepts and progress is not None:
+                return factory(settings, progress=progress)  # type: ignore[no-any-return]
             return factory(settings)  # type: ignore[no-any-return]
     known = sorted({ep.name for ep in entry_points(group="deliberate.backends")})
     raise RegistryError(f"no backend for provider {provider!r}", hint=f"known: {', '.join(known)}")
@@ -72,6 +82,7 @@ class Gateway:
         budget: Budget | None = None,
         cache: ResponseCache | None = None,
         retry_base_s: float = 0.5,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.registry = registry or Registry.load(self.settings)
@@ -81,6 +92,7 @@ class Gateway:
         if self.cache is None and self.settings.cache:
             self.cache = ResponseCache(self.settings.response_cache())
         self.retry_base_s = retry_base_s
+        self.progress = progress
         self._breakers: dict[str, Breaker] = {}
         self._limits: dict[str, RateLimit] = {}
         self._listeners: list[EventCallback] = []
@@ -100,7 +112,7 @@ class Gateway:
 
     def backend(self, provider: str) -> Backend:
         if provider not in self._backends:
-            self._backends[provider] = load_backend(provider, self.settings)
+            self._backends[provider] = load_backend(provider, self.settings, self.progress)
         return self._backends[provider]
 
     def breaker(self, endpoint: str) -> Breaker:
