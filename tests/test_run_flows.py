@@ -149,3 +149,25 @@ def test_events_feed_a_json_log_file_without_secrets(scripted, isolated) -> None
     assert names[0] == "RunStarted" and names[-1] == "RunFinished"
     assert names.count("StepFinished") == 3
     assert secret not in log.read_text()
+
+
+def test_response_cache_answers_repeated_deterministic_calls(scripted, isolated) -> None:
+    (isolated / "strategies.yaml").write_text("greedy: {sampling: {temperature: 0}}\n")
+    first = cli("run", "challenge", "x", "--strategy", "greedy", "--cache", "--json")
+    assert first.returncode == 0, first.stderr
+    n = len(scripted.calls())
+    second = cli("run", "challenge", "x", "--strategy", "greedy", "--cache", "--json")
+    assert second.returncode == 0, second.stderr
+    assert len(scripted.calls()) == n  # every answer came from the cache
+    doc = json.loads(second.stdout)
+    assert doc["output"] == json.loads(first.stdout)["output"]
+    rec = json.loads(Path(doc["record"]).read_text())
+    assert all(c["cache_hit"] for s in rec["steps"].values() for c in s["calls"])
+    assert rec["totals"]["calls"] == 0
+    # sampled calls are never cached
+    cli("run", "challenge", "y", "--cache", "--json")
+    cli("run", "challenge", "y", "--cache", "--json")
+    assert len(scripted.calls()) == n + 6
+    listed = json.loads(cli("cache", "list", "--json").stdout)
+    assert listed["entries"] == 3
+    assert json.loads(cli("cache", "clear", "--json").stdout)["removed"] == 3
