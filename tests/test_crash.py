@@ -155,3 +155,29 @@ def test_bad_record_is_a_clean_error_and_left_alone(isolated, kind: str, command
     assert path.read_bytes() == before
     assert sorted(p.name for p in runs.iterdir()) == [path.name]  # nothing written beside it
     assert not (isolated / "r.html").exists()
+
+
+def test_resume_refuses_a_run_that_is_still_going(scripted, isolated) -> None:
+    import subprocess as sp
+    import sys as _sys
+    import time as _time
+
+    scripted.write([{"match": "Solution to review", "delay": 30}])
+    proc = sp.Popen([_sys.executable, "-m", "deliberate", "run", "challenge", "x", "--quiet"],
+                    stdout=sp.PIPE, stderr=sp.PIPE, text=True)
+    try:
+        runs = isolated / "runs"
+        deadline = _time.time() + 60
+        while _time.time() < deadline and not (runs.exists() and list(runs.glob("*.json"))):
+            _time.sleep(0.1)
+        record = next(runs.glob("*.json"))
+        _time.sleep(0.5)
+        r = cli("resume", str(record))
+        assert r.returncode == 2 and "still running" in r.stderr, r.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+    # once the process is gone (even killed), the same record resumes
+    scripted.write([])
+    r = cli("resume", str(record), "--json")
+    assert r.returncode == 0, r.stderr

@@ -278,6 +278,12 @@ def resume(
 
     path = find(record, _runs_dir())
     rec = load(path)
+    from ..errors import RecordError
+    from ..records.store import is_live
+
+    if is_live(path):
+        raise RecordError(f"run {rec.run_id} is still running in another process", where=str(path),
+                          hint="wait for it, or stop it (Ctrl-C) and resume then")
     registry = Registry.load()
     plan = plan_resume(rec, registry)
     plan.notes.insert(0, f"resuming {rec.run_id}: {len(plan.preset)} finished step(s) kept; "

@@ -25,7 +25,7 @@ from ..engine.events import (
 )
 from ..engine.values import as_text, from_json
 from .schema import CallRecord, FailureRecord, JudgeRecord, RoundRecord, RunRecord, StepRecord, VoteRecord
-from .store import record_path, write_atomic
+from .store import LiveLock, record_path, write_atomic
 
 
 class Recorder:
@@ -36,6 +36,7 @@ class Recorder:
         self.base = base  # resume: continue this record instead of starting a new one
         self.secrets = secret_values()
         self.writer: _Writer | None = None
+        self.lock: LiveLock | None = None
         self.record: RunRecord | None = None
         self.path: Path | None = None
 
@@ -60,6 +61,11 @@ class Recorder:
             if self.runs_dir is not None:
                 self.path = record_path(self.runs_dir, event.run_id)
                 self.writer = _Writer(self.path)
+                self.lock = LiveLock(self.path)
+                try:
+                    self.lock.acquire()
+                except OSError:
+                    self.lock = None  # another process holds it: resume refuses that case earlier
             self.save(now=True)
             return
         rec = self.record
@@ -127,6 +133,9 @@ class Recorder:
                 if s.status == "running":
                     s.status = "failed" if event.status == "failed" else "pending"
             self.save(durable=True)
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
     def save(self, durable: bool = False, now: bool = False) -> None:
         """Snapshot the record. Intermediate snapshots go to a writer thread (the event loop never

@@ -20,6 +20,52 @@ def record_path(runs_dir: Path, run_id: str) -> Path:
     return runs_dir / f"{run_id}.json"
 
 
+def lock_path(record: Path) -> Path:
+    return record.parent / f".{record.stem}.lock"
+
+
+class LiveLock:
+    """Held (flock) by the process running a run, so another process can tell a run that is
+    still going from one that crashed; the OS drops it when the process dies, even by SIGKILL."""
+
+    def __init__(self, record: Path) -> None:
+        self.path = lock_path(record)
+        self.fh: Any = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "w")  # noqa: SIM115 - held for the run's lifetime
+        fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.fh.write(str(os.getpid()))
+        self.fh.flush()
+
+    def release(self) -> None:
+        if self.fh is not None:
+            self.path.unlink(missing_ok=True)
+            self.fh.close()
+            self.fh = None
+
+
+def is_live(record: Path) -> bool:
+    """True while a process is running this record's run."""
+    import fcntl
+
+    path = lock_path(record)
+    if not path.exists():
+        return False
+    try:
+        with open(path) as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
 def write_atomic(path: Path, text: str, durable: bool = True) -> None:
     """Write a file so a reader (or a crash) never sees half of it: temp file + rename in the
     same directory. The rename alone protects against a killed process; ``durable`` also fsyncs
