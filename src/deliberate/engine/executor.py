@@ -4,6 +4,7 @@ repeat, judges score and re-run their target, votes pick. Every fact goes out as
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import time
 from collections import Counter
@@ -12,7 +13,7 @@ from typing import Any
 
 from ulid import ULID
 
-from ..errors import BudgetExceeded, DeliberateError, InputError, StepError
+from ..errors import BudgetExceeded, DeliberateError, InputError, StepError, ValidationError
 from ..flows.functions import function_kinds
 from ..flows.graph import for_each_expression
 from ..flows.loader import LoadedFlow
@@ -43,6 +44,11 @@ from .events import (
 from .values import BranchText, Verdict, as_text, from_json, to_json
 
 LOOP = "<rounds>"
+
+# The current round and the names it carries: per task (tasks copy the context when created), so
+# a step running beside a rounds block never sees the loop's round or carried values.
+_ROUND: contextvars.ContextVar[tuple[int, dict[str, Any]]] = contextvars.ContextVar(
+    "deliberate_round", default=(1, {}))
 
 
 @dataclass
@@ -106,10 +112,14 @@ class _Run:
         self.inputs, self.options, self.run_id, self.parent = inputs, options, run_id, parent
         self.preset = preset
         self.values: dict[str, Any] = {}
-        self.carry: dict[str, Any] = {}
+        self.last_messages: dict[str, list[Message]] = {}
+        self.skipped: set[str] = set()
         self.totals = Totals()
-        self.round = 1
         self.loop = set(self.flow.rounds.steps) if self.flow.rounds else set()
+
+    @property
+    def round(self) -> int:
+        return _ROUND.get()[0]
 
     # -- events -------------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
@@ -117,10 +127,11 @@ class _Run:
             sub(event)
 
     def context(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        rnd, carry = _ROUND.get()
         ctx: dict[str, Any] = dict(self.inputs)
         ctx.update(self.values)
-        ctx.update(self.carry)
-        ctx["round"] = self.round
+        ctx.update(carry)
+        ctx["round"] = rnd
         if extra:
             ctx.update(extra)
         return ctx
@@ -143,7 +154,10 @@ class _Run:
             raise
         except StepError as exc:
             status, error, etype = "failed", exc.line(), type(exc.cause).__name__
-            code = exc.cause.exit_code if isinstance(exc.cause, InputError) else 1
+            code = 1
+        except Exception as exc:  # an engine bug must still close the record and release its lock
+            status, error, etype, code = "failed", f"internal error: {type(exc).__name__}: {exc}", \
+                "InternalError", 1
         finally:
             unsubscribe()
         out = self.finish(status, error, etype, t0)
@@ -168,6 +182,11 @@ class _Run:
             nodes[name] = {LOOP if d in self.loop else d for d in deps[name]}
         if self.loop:
             nodes[LOOP] = {d for s in self.loop for d in deps[s] if d not in self.loop}
+            until = self.flow.rounds.until if self.flow.rounds else None
+            if until:  # steps named in `until` (checked: upstream of the loop) finish first
+                from ..flows.templates import expression_source, references
+
+                nodes[LOOP] |= (references(expression_source(until)) & set(self.flow.steps)) - self.loop
         await self.run_graph(nodes, self.run_node)
 
     async def run_graph(self, nodes: dict[str, set[str]], runner: Any) -> None:
@@ -209,9 +228,8 @@ class _Run:
                 await self.run_step(s)
             return
         for r in range(1, max_rounds + 1):
-            self.round = r
-            if r > 1:
-                self.carry = {reader: self.values[writer] for reader, writer in spec.carry.items()}
+            carry = {reader: self.values[writer] for reader, writer in spec.carry.items()} if r > 1 else {}
+            _ROUND.set((r, carry))  # this task's context; the loop steps' tasks copy it
             stop = _EarlyStop()
 
             async def step_in_round(s: str, r: int = r, stop: _EarlyStop = stop) -> None:
@@ -237,8 +255,7 @@ class _Run:
                                     outputs={s: to_json(self.values[s]) for s in sub if s in self.values}))
             if reason:
                 break
-        self.carry = {}
-        self.round = 1
+        _ROUND.set((1, {}))
 
     # -- one step -----------------------------------------------------------------------------
     async def run_step(self, name: str, force: bool = False) -> None:
@@ -254,9 +271,16 @@ class _Run:
                 decided = evaluate(step.when, self.context())
                 if not decided:
                     self.values[name] = ""
+                    self.skipped.add(name)
                     self.emit(StepSkipped(step=name, round=self.round, when=step.when, decided_by=_jsonable(decided)))
                     return
             self.emit(StepStarted(step=name, kind=step.kind, round=self.round))
+            if step.kind == "judge" and step.target in self.skipped:
+                self.values[name] = ""
+                self.skipped.add(name)
+                self.emit(StepSkipped(step=name, round=self.round, when=f"target {step.target} was skipped",
+                                      decided_by=False))
+                return
             if step.kind == "generate":
                 value = await self.generate_step(name, step)
             elif step.kind == "judge":
@@ -268,8 +292,9 @@ class _Run:
         except asyncio.CancelledError:
             raise
         except (DeliberateError, TemplateProblem, Exception) as exc:
+            # the flow validated, so a template failing now failed on a value: a flow failure (1)
             err = exc if isinstance(exc, DeliberateError) else (
-                InputError(exc.message) if isinstance(exc, TemplateProblem) else exc)
+                ValidationError(exc.message) if isinstance(exc, TemplateProblem) else exc)
             text = err.line() if isinstance(err, DeliberateError) else f"{type(err).__name__}: {err}"
             self.emit(StepFailed(step=name, round=self.round, error=text, error_type=type(err).__name__,
                                  optional=step.optional and not isinstance(err, BudgetExceeded)))
@@ -366,6 +391,7 @@ class _Run:
     async def generate_step(self, name: str, step: Step) -> Any:
         if step.for_each is None:
             msgs = self.messages(step)
+            self.last_messages[name] = msgs
             result = await self.call(name, self.request(name, step, msgs, self.model_for(name, step)))
             return result.text
         items = self.for_each_items(name, step)
@@ -379,7 +405,15 @@ class _Run:
             result = await self.call(name, req, branch=i, item=item)
             return BranchText(result.text, item, i, result.model_resolved)
 
-        return list(await asyncio.gather(*(branch(i, it) for i, it in enumerate(items))))
+        tasks = [asyncio.create_task(branch(i, it)) for i, it in enumerate(items)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            # one branch failed (or we were cancelled): stop the others before they spend more
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     def for_each_items(self, name: str, step: Step) -> list[Any]:
         if isinstance(step.for_each, list):
@@ -388,16 +422,17 @@ class _Run:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise InputError(f"for_each of step {name!r} is a {type(value).__name__}, not a list")
+            raise ValidationError(f"for_each of step {name!r} is a {type(value).__name__}, not a list")
         if not value:
-            raise InputError(f"for_each of step {name!r} is empty")
+            raise ValidationError(f"for_each of step {name!r} is empty")
         return list(value)
 
     # -- judge --------------------------------------------------------------------------------
     async def judge_step(self, name: str, step: Step) -> Verdict:
         assert step.target is not None and step.threshold is not None
         target = self.flow.steps[step.target]
-        target_msgs = self.messages(target)
+        # the messages the target was last sent (after rounds they differ from a fresh render)
+        target_msgs = self.last_messages.get(step.target) or self.messages(target)
         draft = str(self.values[step.target])
         best: tuple[float, str] = (-1.0, draft)
         score, feedback = 0.0, ""
@@ -405,7 +440,7 @@ class _Run:
         for attempt in range(1, step.retries + 2):
             rubric = render(step.rubric or "", self.context())
             msgs = [
-                Message(role="system", content=step.system or
+                Message(role="system", content=render(step.system, self.context()) if step.system else
                         "You are a strict judge. Score the answer against the rubric."),
                 Message(role="user", content=(
                     f"The request:\n{target_msgs[-1].content}\n\nThe answer:\n{draft}\n\n"
@@ -446,7 +481,7 @@ class _Run:
         assert step.from_ is not None
         answers = [a for a in self.values[step.from_] if str(a).strip()]
         if not answers:
-            raise InputError(f"vote {name!r}: step {step.from_!r} gave no answers")
+            raise ValidationError(f"vote {name!r}: step {step.from_!r} gave no answers")
         groups: dict[str, list[BranchText]] = {}
         for a in answers:
             groups.setdefault(normalise(str(a)), []).append(a)

@@ -196,9 +196,14 @@ def _check_step(flow: Flow, name: str, step: Step, c: Checker, kinds: dict[str, 
         if bad:
             c.add(floc, f"step {name!r}, {field}: access to {', '.join(repr(b) for b in dict.fromkeys(bad))} is refused",
                   "templates may not reach Python internals")
-        for ref in sorted(references(source) - known):
+        field_known = known - {"item", "index"} if field in ("when", "for_each") else known
+        for ref in sorted(references(source) - field_known):
             if ref == name:
                 continue  # reported as a self-reference
+            if ref in ("item", "index") and field in ("when", "for_each"):
+                c.add(floc, f"step {name!r}, {field}: {ref!r} is not defined here",
+                      f"{field} is evaluated once for the whole step, before its branches")
+                continue
             if ref in ("item", "index"):
                 c.add(floc, f"step {name!r}, {field}: {ref!r} is only defined in a for_each step")
                 continue
@@ -233,6 +238,25 @@ def _check_rounds(flow: Flow, c: Checker) -> None:
             c.add(("rounds", "carry", reader), f"carry: {reader!r} is itself a loop step")
         if writer not in r.steps:
             c.add(("rounds", "carry", reader), f"carry: {writer!r} is not one of the rounds steps")
+    loop = [n for n in r.steps if n in steps]
+    if loop:
+        # the executor runs the loop as one node: that graph must have no cycle either
+        from .graph import ancestors, dependencies
+
+        deps = dependencies(flow)
+        node = "<rounds>"
+        collapsed: dict[str, set[str]] = {n: {node if d in loop else d for d in deps[n]} - {n}
+                                           for n in steps if n not in loop}
+        collapsed[node] = {d for n in loop for d in deps[n] if d not in loop}
+        cycle = find_cycle(collapsed)
+        if cycle:
+            outside = [n for n in cycle if n != node]
+            c.add(("rounds", "steps"), "the rounds block and " + ", ".join(repr(n) for n in dict.fromkeys(outside))
+                  + " depend on each other", "add " + " and ".join(dict.fromkeys(outside))
+                  + " to rounds.steps, or stop the loop steps from reading them")
+        upstream = set().union(*(ancestors(deps, n) for n in loop)) - set(loop)
+    else:
+        upstream = set()
     if r.until is not None:
         source = expression_source(r.until)
         try:
@@ -245,6 +269,9 @@ def _check_rounds(flow: Flow, c: Checker) -> None:
         unknown = refs - known
         for ref in sorted(unknown):
             c.add(("rounds", "until"), f"until: unknown name {ref!r}", did_you_mean(ref, sorted(known)))
+        for ref in sorted((refs & steps) - set(loop) - upstream):
+            c.add(("rounds", "until"), f"until: {ref!r} is not ready when the loop checks it",
+                  "name a rounds step, or a step the rounds steps read")
         if not refs:
             c.add(("rounds", "until"), "until references nothing known",
                   "write an expression over a step's output, e.g. \"'NO ISSUES' in challenger\"")

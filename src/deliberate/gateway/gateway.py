@@ -247,9 +247,21 @@ class Gateway:
                     on_token(hit.text)
                 return hit.model_copy(update={"cache_hit": True, "usage": hit.usage.model_copy(update={"cost_usd": 0.0})})
 
+        reserved = 0.0
         if self.budget.max_cost_usd is not None:
             estimate = await self._estimate_cost(backend, spec, prompt_est, max_tokens)
             self.budget.check(estimate, f"a call to {spec.key}")
+            reserved = estimate
+        try:
+            return await self._attempts(spec, strategy, sampling, max_tokens, call, backend, attempts, emit,
+                                        on_token, request, cache_key)
+        finally:
+            self.budget.release(reserved)
+
+    async def _attempts(self, spec: ModelSpec, strategy: StrategySpec, sampling: Sampling, max_tokens: int,
+                        call: BackendCall, backend: Backend, attempts: list[Attempt], emit: EventCallback,
+                        on_token: TokenCallback | None, request: GenerationRequest,
+                        cache_key: str | None) -> GenerationResult:
 
         breaker = self.breaker(spec.endpoint)
         rate = self.rate_limit(spec)

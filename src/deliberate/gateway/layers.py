@@ -46,7 +46,7 @@ class Breaker:
         self.cb = pybreaker.CircuitBreaker(
             fail_max=fail_max,
             reset_timeout=reset_timeout,
-            exclude=[lambda e: isinstance(e, ProviderError) and not e.trips_breaker],
+            exclude=[lambda e: isinstance(e, ProviderError) and not e.trips_breaker, _Cancelled],
             listeners=[_Listener()],
             name=endpoint,
             throw_new_error_on_trip=False,
@@ -59,7 +59,13 @@ class Breaker:
     async def call(self, make: Callable[[], Any]) -> Any:
         try:
             with self.cb.calling():
-                return await make()
+                try:
+                    return await make()
+                except asyncio.CancelledError:
+                    # a cancelled call says nothing about the endpoint: not a failure
+                    raise _Cancelled() from None
+        except _Cancelled:
+            raise asyncio.CancelledError() from None
         except pybreaker.CircuitBreakerError:
             raise ProviderError(
                 f"circuit breaker for {self.endpoint} is open",
@@ -67,6 +73,10 @@ class Breaker:
                 transient=False,
                 trips_breaker=False,
             ) from None
+
+
+class _Cancelled(Exception):
+    """Carries a cancellation through pybreaker, which excludes it from the failure count."""
 
 
 class RateLimit:
@@ -84,7 +94,12 @@ class RateLimit:
         if self.sem:
             await self.sem.acquire()
         if self.limiter:
-            await self.limiter.acquire()
+            try:
+                await self.limiter.acquire()
+            except BaseException:
+                if self.sem:
+                    self.sem.release()  # cancelled while waiting: give the slot back
+                raise
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         return self
@@ -111,16 +126,24 @@ class Budget:
     def __init__(self, max_cost_usd: float | None) -> None:
         self.max_cost_usd = max_cost_usd
         self.spent_usd = 0.0
+        self.reserved_usd = 0.0  # estimates of calls in flight: concurrent calls cannot overspend
 
     def check(self, estimate_usd: float, what: str) -> None:
+        """Refuse a call whose estimate does not fit; else reserve it (see :meth:`release`)."""
         if self.max_cost_usd is None:
             return
-        if self.spent_usd + estimate_usd > self.max_cost_usd + 1e-12:
+        if self.spent_usd + self.reserved_usd + estimate_usd > self.max_cost_usd + 1e-12:
             raise BudgetExceeded(
                 f"{what} would cost up to ${estimate_usd:.6f}; ${self.spent_usd:.6f} of the "
-                f"${self.max_cost_usd:.6f} budget is spent",
+                f"${self.max_cost_usd:.6f} budget is spent"
+                + (f" and ${self.reserved_usd:.6f} is reserved by calls in flight" if self.reserved_usd else ""),
                 hint="raise --max-cost or use cheaper models",
             )
+        self.reserved_usd += estimate_usd
+
+    def release(self, estimate_usd: float) -> None:
+        if self.max_cost_usd is not None:
+            self.reserved_usd = max(0.0, self.reserved_usd - estimate_usd)
 
     def charge(self, cost_usd: float) -> None:
         self.spent_usd += cost_usd

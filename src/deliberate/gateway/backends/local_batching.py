@@ -1,0 +1,279 @@
+"""Batched generation for the local backend: jobs, per-row sampling, stopping and streaming, and
+the batcher that gathers concurrent calls to one model into one left-padded ``generate``."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ...errors import CapacityError, DeliberateError, ProviderError
+from ..contracts import Message, Sampling
+from .local_sources import LoadedModel
+from .resources import LoadPlan
+
+logger = logging.getLogger("deliberate.local")
+
+@dataclass(eq=False)
+class _Job:
+    ids: list[int]
+    sampling: Sampling
+    max_tokens: int
+    emit: Callable[[str], None] | None
+    deadline: float | None
+    future: concurrent.futures.Future[_Output] = field(default_factory=concurrent.futures.Future)
+    arrived: float = field(default_factory=time.monotonic)
+    abandoned: bool = False  # the caller was cancelled
+    timed_out: bool = False
+
+
+@dataclass
+class _Output:
+    text: str
+    completion_tokens: int
+    finish_reason: str
+    inference_time: float
+
+
+class _RowSampler:
+    """Samples each row with its own settings and generator; keeps only the chosen token's
+    logit, so ``generate``'s greedy pick takes it. Rows with temperature 0 take the argmax."""
+
+    def __init__(self, jobs: list[_Job], device: Any) -> None:
+        import torch
+
+        self.rows: list[tuple[Sampling, Any]] = []
+        for job in jobs:
+            gen = None
+            if job.sampling.temperature > 0 and job.sampling.seed is not None:
+                gen = torch.Generator(device=device)
+                gen.manual_seed(job.sampling.seed)
+            self.rows.append((job.sampling, gen))
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        out = torch.full_like(scores, float("-inf"))
+        for i, (s, gen) in enumerate(self.rows):
+            row = scores[i]
+            if s.temperature == 0:
+                out[i, int(torch.argmax(row))] = 0.0
+                continue
+            row = row / s.temperature
+            if s.top_k is not None and s.top_k < row.numel():
+                kth = torch.topk(row, s.top_k).values[-1]
+                row = row.masked_fill(row < kth, float("-inf"))
+            if s.top_p < 1.0:
+                ordered, index = torch.sort(row, descending=True)
+                probs = torch.softmax(ordered, dim=-1)
+                drop = (probs.cumsum(-1) - probs) > s.top_p  # the top token always stays
+                row = torch.full_like(row, float("-inf")).scatter(
+                    0, index, ordered.masked_fill(drop, float("-inf"))
+                )
+            choice = torch.multinomial(torch.softmax(row, dim=-1), 1, generator=gen)
+            out[i, int(choice)] = 0.0
+        return out
+
+
+class _RowStop:
+    """Stops each row at its own ``max_tokens``, deadline or cancellation."""
+
+    def __init__(self, jobs: list[_Job], width: int, eos: set[int]) -> None:
+        self.jobs, self.width, self.eos = jobs, width, eos
+        self.finished = [False] * len(jobs)
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        n = input_ids.shape[1] - self.width
+        last = input_ids[:, -1].tolist()
+        now = time.monotonic()
+        done = []
+        for i, job in enumerate(self.jobs):
+            if not self.finished[i] and (last[i] in self.eos or n >= job.max_tokens):
+                self.finished[i] = True
+            if not self.finished[i] and job.deadline is not None and now > job.deadline:
+                job.timed_out = True
+            done.append(self.finished[i] or job.abandoned or job.timed_out)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class _RowStreamer:
+    """Hands each row's new text to its caller after every step. Decodes the row's whole token
+    list each time and sends only what extends the text already sent, so the pieces always join
+    to the final decoded text (an incomplete UTF-8 character waits for its next byte)."""
+
+    def __init__(self, jobs: list[_Job], decode: Callable[[list[int]], str], eos: set[int]) -> None:
+        self.jobs, self.decode, self.eos = jobs, decode, eos
+        self.tokens: list[list[int]] = [[] for _ in jobs]
+        self.sent = [""] * len(jobs)
+        self.done = [job.emit is None for job in jobs]
+
+    def put(self, value: Any) -> None:
+        if value.dim() != 1:  # generate first pushes the prompt
+            return
+        for i, token in enumerate(value.tolist()):
+            job = self.jobs[i]
+            if self.done[i] or job.abandoned:
+                continue
+            if token in self.eos:
+                self.done[i] = True
+                continue
+            self.tokens[i].append(token)
+            self.done[i] = len(self.tokens[i]) >= job.max_tokens
+            self._send(i, self.decode(self.tokens[i]))
+
+    def end(self) -> None:
+        pass
+
+    def _send(self, i: int, text: str, final: bool = False) -> None:
+        emit = self.jobs[i].emit
+        if emit is None or (text.endswith("\ufffd") and not final) or not text.startswith(self.sent[i]):
+            return
+        piece = text[len(self.sent[i]) :]
+        if piece:
+            self.sent[i] = text
+            emit(piece)
+
+    def finish(self, i: int, text: str) -> None:
+        """Send whatever of the final ``text`` has not gone out yet."""
+        if self.jobs[i].emit is None:
+            return
+        if not text.startswith(self.sent[i]):
+            logger.warning("streamed text diverged from the final decode; the reply holds the final text")
+            return
+        self._send(i, text, final=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# One loaded model and its batching thread
+
+
+@dataclass(eq=False)
+class _Loaded:
+    ident: tuple[Any, ...]
+    model_key: str
+    source: str
+    model: Any
+    tokenizer: Any
+    plan: LoadPlan
+    device: str
+    folder: Path
+    load_path: Literal["gguf", "converted", "directory", "hub"]
+    load_time: float
+    memory_gb: float
+    name: str
+    eos: set[int]
+    pad_id: int
+    in_use: int = 0
+    tok_lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: _Batcher | None = None
+
+    def encode(self, messages: list[Message]) -> list[int]:
+        msgs = [m.model_dump() for m in messages]
+        with self.tok_lock:
+            tok = self.tokenizer
+            if getattr(tok, "chat_template", None):
+                text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+                return list(tok(text, add_special_tokens=False)["input_ids"])
+            text = "\n\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\n\nassistant:"
+            return list(tok(text)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        with self.tok_lock:
+            return str(
+                self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            )
+
+    def info(self) -> LoadedModel:
+        return LoadedModel(
+            model_key=self.model_key,
+            source=self.source,
+            name=self.name,
+            folder=str(self.folder),
+            load_path=self.load_path,
+            device=self.device,
+            dtype=self.plan.dtype,
+            quantization=self.plan.quantization,
+            memory_gb=round(self.memory_gb, 3),
+            load_time=round(self.load_time, 3),
+            reason=self.plan.reason,
+            calls_in_flight=self.in_use,
+        )
+
+
+class _Batcher:
+    """Gathers the jobs of one model and runs them through ``generate`` in batches, on its own
+    thread, so the event loop stays free and jobs that arrive during a run join the next one."""
+
+    def __init__(self, run: Callable[[list[_Job]], None], window_s: float, max_size: int, name: str) -> None:
+        self._run, self._window, self._max = run, window_s, max_size
+        self._pending: deque[_Job] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"deliberate-local-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: _Job) -> concurrent.futures.Future[_Output]:
+        with self._cv:
+            if self._closed:
+                raise ProviderError("the local model was unloaded", transient=True)
+            self._pending.append(job)
+            self._cv.notify()
+        return job.future
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._closed:
+                    self._cv.wait()
+                if not self._pending:
+                    return
+                deadline = self._pending[0].arrived + self._window
+                while len(self._pending) < self._max and (left := deadline - time.monotonic()) > 0:
+                    self._cv.wait(left)
+                batch = [self._pending.popleft() for _ in range(min(self._max, len(self._pending)))]
+            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            try:
+                self._run(batch)
+            except BaseException as exc:  # every caller must hear about it
+                err = exc if isinstance(exc, DeliberateError) else _generation_error(exc)
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+
+
+def _generation_error(exc: BaseException) -> DeliberateError:
+    text = f"{type(exc).__name__}: {exc}"
+    if "out of memory" in text.lower():
+        return CapacityError(
+            f"local generation ran out of memory: {text}", hint="lower max_tokens or batch size"
+        )
+    return ProviderError(f"local generation failed: {text}", transient=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return {int(i) for i in ids}
+
+
