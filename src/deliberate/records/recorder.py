@@ -34,7 +34,7 @@ class Recorder:
     def __init__(self, runs_dir: Path | None, base: RunRecord | None = None) -> None:
         self.runs_dir = runs_dir
         self.base = base  # resume: continue this record instead of starting a new one
-        self.secrets = secret_values()
+        self._secrets: list[str] | None = None  # read on the first write (scanning env costs)
         self.writer: _Writer | None = None
         self.lock: LiveLock | None = None
         self.record: RunRecord | None = None
@@ -66,7 +66,7 @@ class Recorder:
                     self.lock.acquire()
                 except OSError:
                     self.lock = None  # another process holds it: resume refuses that case earlier
-            self.save(now=True)
+            self.save()
             return
         rec = self.record
         if rec is None:
@@ -77,7 +77,7 @@ class Recorder:
                 step.started_at = event.at
             step.status, step.round = "running", event.round
         elif isinstance(event, CallFinished) and step is not None:
-            step.calls.append(CallRecord(**event.call.model_dump(), round=event.round, branch=event.branch,
+            step.calls.append(CallRecord(**dict(event.call), round=event.round, branch=event.branch,
                                          item=event.item, attempt=event.attempt))
         elif isinstance(event, CallFailed) and step is not None:
             step.failures.append(FailureRecord(round=event.round, branch=event.branch, error=event.error,
@@ -138,13 +138,15 @@ class Recorder:
                 self.lock = None
 
     def save(self, durable: bool = False, now: bool = False) -> None:
-        """Snapshot the record. Intermediate snapshots go to a writer thread (the event loop never
-        waits for the disk; a burst of steps coalesces into the latest snapshot); the first and
-        the final snapshot are written synchronously and fsync'd."""
+        """Snapshot the record. Snapshots go to a writer thread (the event loop never waits for the
+        disk; a burst of steps coalesces into the latest snapshot); the final one is written
+        synchronously, after any write in progress, and fsync'd."""
         if self.record is None or self.path is None or self.writer is None:
             return
         # Secrets never reach a record: scrub the text as written, whatever field held them.
-        text = scrub(self.record.model_dump_json(indent=1), self.secrets)
+        if self._secrets is None:
+            self._secrets = secret_values()
+        text = scrub(self.record.model_dump_json(indent=1), self._secrets)
         if durable or now:
             self.writer.write_now(text, durable=durable)
         else:
