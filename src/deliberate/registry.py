@@ -200,7 +200,7 @@ class Registry:
 
 
 def _load_entries(path: Path, model: type[BaseModel]) -> dict[str, Any]:
-    from .flows.yamlio import load_yaml_file, locate
+    from .yamlio import load_yaml_file, locate
 
     data, marks = load_yaml_file(path)
     if data is None:

@@ -23,7 +23,7 @@ def list_flows(json_out: bool = typer.Option(False, "--json", help="Machine-read
     from rich.table import Table
 
     from ..flows.loader import available_flows, origin_of
-    from ..flows.yamlio import load_yaml_file
+    from ..yamlio import load_yaml_file
 
     rows = []
     for name, path in sorted(available_flows().items()):

@@ -12,11 +12,11 @@ from pydantic import ValidationError as PydanticValidationError
 
 from ..errors import Problem
 from ..registry import Registry, did_you_mean
+from ..yamlio import Marks, locate
 from .functions import function_kinds
 from .graph import dependencies, find_cycle, for_each_expression, step_templates
 from .spec import BUILTIN_NAMES, KIND_FIELDS, SPECIFIC_FIELDS, Flow, Step
 from .templates import TemplateProblem, expression_source, parse, references, unsafe_access
-from .yamlio import Marks, locate
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ALIASES = {"from_": "from", "with_": "with"}

@@ -11,10 +11,10 @@ from typing import Any
 from ..config import packaged_dir, search_dirs
 from ..errors import FlowError, InputError, Problem
 from ..registry import Registry, did_you_mean
+from ..yamlio import YamlProblem, load_yaml_file, load_yaml_text
 from .checks import check_data
 from .graph import dependencies, output_step, topo_order
 from .spec import Flow
-from .yamlio import YamlProblem, load_yaml_file, load_yaml_text
 
 
 @dataclass

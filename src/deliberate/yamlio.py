@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import InputError, Problem
+from .errors import InputError, Problem
 
 MAX_FILE_BYTES = 1_000_000
 Marks = dict[tuple[Any, ...], tuple[int, int]]
