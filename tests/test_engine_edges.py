@@ -7,13 +7,13 @@ import asyncio
 
 import pytest
 from deliberate_scripted import ScriptedBackend
-from test_engine import registry, run
 
 from deliberate import RunOptions
 from deliberate.config import Settings
 from deliberate.errors import FlowError
 from deliberate.flows import load_flow_text
 from deliberate.gateway import Budget, Gateway, GenerationRequest
+from test_engine import registry, run
 
 
 async def test_budget_holds_across_concurrent_branches() -> None:
