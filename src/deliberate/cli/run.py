@@ -81,12 +81,12 @@ def run(
     options = RunOptions(models=parse_models(model), strategy=strategy, rounds=rounds, seed=seed,
                          max_cost=max_cost)
     code = execute(loaded, inputs, options, registry, json_out=json_out, quiet=quiet,
-                   record=not no_record, cache=cache)
+                   record=not no_record, cache=True if cache else None)
     raise typer.Exit(code)
 
 
 def execute(loaded: Any, inputs: dict[str, Any], options: Any, registry: Any, *, json_out: bool,
-            quiet: bool, record: bool, cache: bool = False, preset: dict[str, Any] | None = None,
+            quiet: bool, record: bool, cache: bool | None = None, preset: dict[str, Any] | None = None,
             parent_run_id: str | None = None, run_id: str | None = None, notes: list[str] | None = None,
             resume_from: Any = None) -> int:
     """Run with the live view (or JSON) and return the exit code."""
@@ -105,7 +105,9 @@ def execute(loaded: Any, inputs: dict[str, Any], options: Any, registry: Any, *,
             console.print(f"[dim]{message}[/]", highlight=False)
 
     gateway = Gateway(registry, settings=settings, budget=Budget(options.max_cost),
-                      cache=ResponseCache(settings.response_cache()) if cache or settings.cache else None,
+                      # cache: True/False from the caller wins; None follows DELIBERATE_CACHE
+                      cache=ResponseCache(settings.response_cache())
+                      if (settings.cache if cache is None else cache) else None,
                       progress=progress)
     subscribers = []
     view = None
