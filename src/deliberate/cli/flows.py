@@ -40,7 +40,7 @@ def list_flows(json_out: bool = typer.Option(False, "--json", help="Machine-read
         return
     table = Table(title="flows")
     for col in ("name", "origin", "steps", "description"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col != "description")
     for r in rows:
         table.add_row(r["name"], r["origin"], str(r["steps"]), r["description"])
     out_console().print(table)

@@ -54,14 +54,22 @@ def list_models(json_out: bool = typer.Option(False, "--json", help="Machine-rea
     if json_out:
         print_json(rows)
         return
-    table = Table(title="models")
-    for col in ("key", "provider", "target", "context", "quant", "api key", "breaker"):
-        table.add_column(col, overflow="fold")
+    con = out_console()
+    wide = con.width >= 120  # narrow terminals get the columns that matter most
+    cols = ["key", "provider", "target", "api key"] + (["context", "quant", "breaker"] if wide else [])
+    table = Table(title="models", caption="* the default model; --json for every field")
+    for col in cols:
+        # keys and short facts never wrap mid-word; the long target folds
+        table.add_column(col, overflow="fold", no_wrap=col not in ("target", "api key"))
     for r in rows:
-        name = r["key"] + (" (default)" if r["default"] else "")
-        table.add_row(name, r["provider"], str(r["target"]), str(r["context_window"]), r["quantization"],
-                      r["api_key"], r["breaker"])
-    out_console().print(table)
+        target = str(r["target"])
+        if not wide and target.startswith("package:"):
+            target = target.rsplit("/", 1)[-1]
+        cells = [r["key"] + (" *" if r["default"] else ""), r["provider"], target, r["api_key"]]
+        if wide:
+            cells += [str(r["context_window"]), r["quantization"], r["breaker"]]
+        table.add_row(*cells)
+    con.print(table)
 
 
 @models_app.command("show")
@@ -127,17 +135,21 @@ def list_strategies(json_out: bool = typer.Option(False, "--json", help="Machine
     if json_out:
         print_json(rows)
         return
-    table = Table(title="strategies")
-    for col in ("name", "temperature", "top_p", "seed", "max_tokens", "timeout", "retries", "fallbacks",
-                "description"):
-        table.add_column(col, overflow="fold")
+    con = out_console()
+    wide = con.width >= 120
+    cols = ["name", "temp", "top_p", "seed", "tokens", "retries", "fallbacks"] + (["timeout", "description"] if wide else [])
+    table = Table(title="strategies", caption="* the default strategy; --json for every field")
+    for col in cols:
+        table.add_column(col, overflow="fold", no_wrap=col not in ("fallbacks", "description"))
     for r in rows:
         s, lim = r["sampling"], r["limits"]
-        name = r["name"] + (" (default)" if r["name"] == reg.default_strategy else "")
-        table.add_row(name, str(s["temperature"]), str(s["top_p"]), str(s["seed"]), str(lim["max_tokens"]),
-                      str(lim["timeout_s"]), str(lim["max_retries"]), ", ".join(r["fallbacks"]) or "-",
-                      r["description"])
-    out_console().print(table)
+        cells = [r["name"] + (" *" if r["name"] == reg.default_strategy else ""), f"{s['temperature']:g}",
+                 f"{s['top_p']:g}", "-" if s["seed"] is None else str(s["seed"]), str(lim["max_tokens"]),
+                 str(lim["max_retries"]), ", ".join(r["fallbacks"]) or "-"]
+        if wide:
+            cells += [f"{lim['timeout_s']:g}s" if lim["timeout_s"] else "-", r["description"]]
+        table.add_row(*cells)
+    con.print(table)
 
 
 def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
