@@ -190,3 +190,25 @@ def test_runs_show_and_diff(scripted) -> None:
     r = cli("runs", "diff", a["run_id"], b["run_id"])
     assert r.returncode == 0, r.stderr
     assert "differs" in r.stdout and "-ATTACKS" in r.stdout and "+PAID ATTACKS" in r.stdout
+
+
+def test_replay_from_keeps_reused_votes_and_judge_scores(scripted, isolated) -> None:
+    flow = isolated / "vj.yaml"
+    flow.write_text(
+        "name: vj\ninputs: {prompt: {}}\nsteps:\n"
+        "  answers: {for_each: [a, b, c], prompt: '{{ prompt }} {{ item }}'}\n"
+        "  pick: {kind: vote, from: answers}\n"
+        "  draft: {prompt: 'draft {{ pick }}'}\n"
+        "  gate: {kind: judge, target: draft, rubric: 'ok?', threshold: 5, retries: 0}\n"
+        "  final: {prompt: 'final {{ draft }} {{ gate }}'}\n")
+    scripted.write([{"match": "SCORE: N", "reply": "SCORE: 8 fine"}, {"match": " [abc]$", "reply": "Paris"}])
+    r = cli("run", str(flow), "capital?", "--json")
+    assert r.returncode == 0, r.stderr
+    first = json.loads(r.stdout)["record"]
+    r2 = cli("replay", first, "--from", "final", "--json")
+    assert r2.returncode == 0, r2.stderr
+    child = json.loads(Path(json.loads(r2.stdout)["record"]).read_text())
+    assert child["steps"]["pick"]["status"] == "reused"
+    assert child["steps"]["pick"]["vote"]["counts"] == {"paris": 3}
+    assert [j["score"] for j in child["steps"]["gate"]["judge"]] == [8]
+    assert child["steps"]["final"]["status"] == "succeeded"

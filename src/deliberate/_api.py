@@ -79,6 +79,7 @@ async def run_flow_async(
     parent_run_id: str | None = None,
     run_id: str | None = None,
     base_record: Any = None,
+    parent_record: Any = None,
 ) -> RunOutcome:
     """Validate and run a flow, recording it under ``runs_dir`` (default: settings)."""
     settings = settings or get_settings()
@@ -98,7 +99,7 @@ async def run_flow_async(
     elif options.max_cost is not None:
         gateway.budget = Budget(options.max_cost)
     runs = runs_dir if runs_dir is not None else settings.runs_dir
-    recorder = Recorder(runs if record else None, base=base_record)
+    recorder = Recorder(runs if record else None, base=base_record, parent=parent_record)
     from .logs import EventLog, configure
 
     configure(settings)

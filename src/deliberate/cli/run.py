@@ -88,7 +88,7 @@ def run(
 def execute(loaded: Any, inputs: dict[str, Any], options: Any, registry: Any, *, json_out: bool,
             quiet: bool, record: bool, cache: bool | None = None, preset: dict[str, Any] | None = None,
             parent_run_id: str | None = None, run_id: str | None = None, notes: list[str] | None = None,
-            resume_from: Any = None) -> int:
+            resume_from: Any = None, parent_record: Any = None) -> int:
     """Run with the live view (or JSON) and return the exit code."""
     from .._api import run_flow_async
     from ..config import get_settings
@@ -120,7 +120,7 @@ def execute(loaded: Any, inputs: dict[str, Any], options: Any, registry: Any, *,
         outcome = asyncio.run(run_flow_async(loaded, inputs, options, registry=registry, gateway=gateway,
                                              subscribers=subscribers, record=record, preset=preset,
                                              parent_run_id=parent_run_id, run_id=run_id,
-                                             base_record=resume_from))
+                                             base_record=resume_from, parent_record=parent_record))
     except KeyboardInterrupt:
         if view:
             view.stop()

@@ -175,7 +175,7 @@ def replay(
         plan.notes.append(f"reusing {len(plan.preset)} recorded step(s); re-running: {', '.join(plan.rerun)}")
     # --verify asks the models again: never let the response cache answer for them
     code, doc, child = _execute(plan, registry, json_out=json_out, quiet=quiet, parent_run_id=rec.run_id,
-                                cache=False if verify else None)
+                                cache=False if verify else None, parent=rec)
     if html is not None and child is not None:
         _write_report(child, html)
         doc["report"] = str(html)
@@ -189,7 +189,8 @@ def replay(
 
 
 def _execute(plan: Plan, registry: Registry, *, json_out: bool, quiet: bool, parent_run_id: str | None = None,
-             run_id: str | None = None, cache: bool | None = None) -> tuple[int, dict[str, Any], RunRecord | None]:
+             run_id: str | None = None, cache: bool | None = None,
+             parent: RunRecord | None = None) -> tuple[int, dict[str, Any], RunRecord | None]:
     """Run a plan; return the exit code, the JSON document (when ``json_out``) and the new record.
 
     The run gets its id here, so the new record is found by id, never by guessing."""
@@ -212,7 +213,7 @@ def _execute(plan: Plan, registry: Registry, *, json_out: bool, quiet: bool, par
     with contextlib.redirect_stdout(captured) if json_out else contextlib.nullcontext():
         code = execute(plan.loaded, plan.inputs, RunOptions.from_dict(plan.options), registry, json_out=json_out,
                        quiet=quiet, record=True, preset=plan.preset, parent_run_id=parent_run_id, run_id=new_id,
-                       resume_from=plan.base, cache=cache)
+                       resume_from=plan.base, cache=cache, parent_record=parent)
     path = record_path(_runs_dir(), new_id)
     try:
         child: RunRecord | None = load(path)

@@ -31,9 +31,11 @@ from .store import LiveLock, record_path, write_atomic
 class Recorder:
     """Builds the :class:`RunRecord` from events; writes it atomically unless ``runs_dir`` is None."""
 
-    def __init__(self, runs_dir: Path | None, base: RunRecord | None = None) -> None:
+    def __init__(self, runs_dir: Path | None, base: RunRecord | None = None,
+                 parent: RunRecord | None = None) -> None:
         self.runs_dir = runs_dir
         self.base = base  # resume: continue this record instead of starting a new one
+        self.parent = parent  # replay --from: where reused steps' judge scores and votes come from
         self._secrets: list[str] | None = None  # read on the first write (scanning env costs)
         self.writer: _Writer | None = None
         self.lock: LiveLock | None = None
@@ -86,6 +88,11 @@ class Recorder:
             if event.reused and self.base is not None and step.status in ("succeeded", "skipped"):
                 return  # resume: the finished step stays as it was recorded
             step.status = "reused" if event.reused else "succeeded"
+            if event.reused and self.parent is not None and event.step in self.parent.steps:
+                before = self.parent.steps[event.step]
+                step.judge, step.vote, step.rounds = list(before.judge), before.vote, list(before.rounds)
+                if before.status == "skipped":
+                    step.status, step.skipped_when, step.decided_by = "skipped", before.skipped_when, before.decided_by
             step.value, step.round = event.value, event.round
             step.output = as_text(from_json(event.value))
             step.finished_at = event.at
