@@ -34,6 +34,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src/deliberate
 
 bench: $(STAMP)
 	$(BIN)/python bench/startup.py

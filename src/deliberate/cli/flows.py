@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -25,7 +26,7 @@ def list_flows(json_out: bool = typer.Option(False, "--json", help="Machine-read
     from ..flows.loader import available_flows, origin_of
     from ..yamlio import load_yaml_file
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, path in sorted(available_flows().items()):
         try:
             data, _ = load_yaml_file(path)
@@ -112,7 +113,7 @@ def validate(
     from ..registry import Registry
 
     registry = Registry.load()
-    report = []
+    report: list[dict[str, Any]] = []
     for f in files:
         path = resolve_flow_path(str(f)) if not f.exists() and f.suffix == "" else f
         problems = validate_file(path, registry)

@@ -6,6 +6,7 @@ import os
 import platform
 from importlib import metadata
 from importlib.util import find_spec
+from typing import Any
 
 import typer
 
@@ -42,7 +43,7 @@ def list_models(json_out: bool = typer.Option(False, "--json", help="Machine-rea
     from ..registry import Registry
 
     reg = Registry.load()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for key, m in reg.models.items():
         rows.append({
             "key": key, "provider": m.provider, "family": m.family,
@@ -179,7 +180,7 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
     builtin = spec.submodule_search_locations[0] if spec and spec.submodule_search_locations else None
     reg = Registry.load()
     key_vars = sorted({m.api_key_env for m in reg.models.values() if m.api_key_env} | set(SECRET_ENV_VARS))
-    data = {
+    data: dict[str, Any] = {
         "python": platform.python_version(), "platform": platform.platform(), "packages": pkgs,
         "extras": {"local": local_extra},
         "gpu": gpu,

@@ -109,7 +109,7 @@ def execute(loaded: Any, inputs: dict[str, Any], options: Any, registry: Any, *,
                       cache=ResponseCache(settings.response_cache())
                       if (settings.cache if cache is None else cache) else None,
                       progress=progress)
-    subscribers = []
+    subscribers: list[Any] = []
     view = None
     if not json_out and not quiet:
         view = LiveView(console)

@@ -11,7 +11,7 @@ class BranchText(str):
     """One branch of a fan-out: renders as its text, with ``.item``, ``.index`` and ``.model``."""
 
     item: Any
-    index: int
+    index: int  # type: ignore[assignment]  # templates read `e.index` as the branch position
     model: str
 
     def __new__(cls, text: str, item: Any = None, index: int = 0, model: str = "") -> BranchText:

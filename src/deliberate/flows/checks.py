@@ -147,7 +147,7 @@ def _check_step(flow: Flow, name: str, step: Step, c: Checker, kinds: dict[str, 
             fn.params.model_validate({k: v for k, v in step.with_.items() if not (isinstance(v, str) and "{{" in v)})
         except PydanticValidationError as exc:
             for err in exc.errors():
-                if err["type"] == "missing" and any(isinstance(step.with_.get(p), str) for p in err["loc"]):
+                if err["type"] == "missing" and any(isinstance(step.with_.get(str(p)), str) for p in err["loc"]):
                     continue
                 c.add(where + ("with_",) + tuple(err["loc"]),
                       f"with.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
@@ -183,7 +183,7 @@ def _check_step(flow: Flow, name: str, step: Step, c: Checker, kinds: dict[str, 
     if step.for_each is not None:
         known |= {"item", "index"}
     for field, source in step_templates(step):
-        floc = where + (field.split(".")[0] if not field.startswith("with.") else "with_",)
+        floc: tuple[str, ...] = where + (field.split(".")[0] if not field.startswith("with.") else "with_",)
         if field.startswith("with."):
             floc = where + ("with_", field.split(".", 1)[1])
         try:

@@ -43,10 +43,11 @@ class Breaker:
                 outer._emit(GatewayEvent(kind=kind, endpoint=endpoint, at=time.time(),
                                          detail=f"{old_state.name} -> {new_state.name}"))
 
+        exclude: list[Any] = [lambda e: isinstance(e, ProviderError) and not e.trips_breaker, _Cancelled]
         self.cb = pybreaker.CircuitBreaker(
             fail_max=fail_max,
             reset_timeout=reset_timeout,
-            exclude=[lambda e: isinstance(e, ProviderError) and not e.trips_breaker, _Cancelled],
+            exclude=exclude,
             listeners=[_Listener()],
             name=endpoint,
             throw_new_error_on_trip=False,
@@ -113,8 +114,8 @@ class RateLimit:
 def backoff_delay(attempt: int, base: float = 0.5, cap: float = 20.0,
                   retry_after: float | None = None, rng: random.Random | None = None) -> float:
     """Exponential backoff with full jitter; a server's Retry-After wins when it is longer."""
-    rng = rng or random
-    delay = rng.uniform(0, min(cap, base * (2 ** attempt)))
+    source: Any = rng or random
+    delay = source.uniform(0, min(cap, base * (2 ** attempt)))
     if retry_after is not None:
         delay = max(delay, min(retry_after, cap * 3))
     return delay

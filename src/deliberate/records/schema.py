@@ -76,7 +76,7 @@ class RoundRecord(_Model):
 
 class RunRecord(_Model):
     schema_version: int = SCHEMA_VERSION
-    kind: Literal["deliberate.run"] = RECORD_KIND
+    kind: Literal["deliberate.run"] = "deliberate.run"
     run_id: str
     parent_run_id: str | None = None
     status: Literal["running", "succeeded", "failed", "interrupted"] = "running"
