@@ -90,3 +90,15 @@ def test_doctor_json_names_keys_but_never_values(monkeypatch) -> None:
     assert data["builtin_model"]["installed"] is True
     assert data["gpu"] == "no GPU" or isinstance(data["gpu"], (dict, list))
     assert len(data["lookup"]) == 3
+
+
+def test_home_env_var_is_not_taken_for_deliberate_home(isolated, monkeypatch) -> None:
+    monkeypatch.delenv("DELIBERATE_HOME")
+    home = isolated.parent / "userhome"
+    home.mkdir()
+    (home / "models.yaml").write_text("stray: {provider: local, source: x}\n")
+    r = cli("doctor", "--json", env={"HOME": str(home)})
+    lookup = json.loads(r.stdout)["lookup"]
+    assert lookup[1] != str(home) and lookup[1].endswith("deliberate")
+    models = {m["key"] for m in json.loads(cli("models", "list", "--json", env={"HOME": str(home)}).stdout)}
+    assert "stray" not in models

@@ -33,7 +33,10 @@ def _env(name: str, *more: str) -> AliasChoices:
 class Settings(BaseSettings):
     """Every setting deliberate reads from the environment or a ``.env`` file."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    # populate_by_name lets code pass field names (Settings(model_cache_dir=...)); the prefix keeps
+    # pydantic-settings from also reading a field's bare name from the environment ($HOME as `home`)
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True,
+                                      env_prefix="_DELIBERATE_FIELD_")
 
     log_level: str = Field("WARNING", validation_alias=_env("LOG_LEVEL", "DELIBERATE_LOG_LEVEL"))
     log_file: Path | None = Field(None, validation_alias=_env("DELIBERATE_LOG_FILE"))

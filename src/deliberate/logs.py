@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from typing import Any
 
 from .config import Settings, scrub, secret_values
@@ -63,7 +62,3 @@ class EventLog:
             return
         data = event.model_dump(mode="json", exclude={"flow"} if name == "RunStarted" else None)
         log.log(level, name, extra={"event": data})
-
-    @staticmethod
-    def now() -> float:
-        return time.time()

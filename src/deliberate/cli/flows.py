@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from .common import err_console, fail, out_console, print_json
+from .common import err_console, out_console, print_json
 
 app = typer.Typer(help="List, show and validate flows.", no_args_is_help=False, invoke_without_command=True)
 
@@ -140,7 +140,3 @@ def schema() -> None:
     from ..flows.spec import flow_json_schema
 
     print_json(flow_json_schema())
-
-
-def _unused() -> None:  # keep fail importable for commands added later
-    fail("")

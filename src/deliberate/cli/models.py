@@ -191,6 +191,8 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         "lookup": [str(d) for d in search_dirs(settings)],
         "registry_files": {k: [str(p) for p in v] for k, v in reg.sources.items()},
         "runs_dir": str(settings.runs_dir), "model_cache": str(settings.model_cache()),
+        "defaults": {"provider": settings.default_provider, "model": reg.default_model,
+                     "strategy": reg.default_strategy},
     }
     if json_out:
         print_json(data)
@@ -206,3 +208,5 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
     con.print(f"API keys set: {', '.join(data['api_keys_set']) or 'none'}")
     con.print("lookup order: " + " -> ".join(data["lookup"]))
     con.print(f"runs: {data['runs_dir']}   model cache: {data['model_cache']}")
+    d = data["defaults"]
+    con.print(f"defaults: provider {d['provider']}, model {d['model']}, strategy {d['strategy']}")

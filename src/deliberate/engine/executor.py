@@ -561,4 +561,4 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["Engine", "RunOptions", "RunResult", "normalise", "parse_score", "GatewayEvent"]
+__all__ = ["Engine", "RunOptions", "RunResult", "normalise", "parse_score"]

@@ -313,9 +313,6 @@ class Gateway:
                 raise err from exc
             elapsed = time.perf_counter() - t0
             attempts.append(Attempt(model_key=spec.key, ok=True, seconds=elapsed))
-            if not reply.text.strip() and reply.completion_tokens == 0 and reply.finish_reason not in ("length",):
-                # an empty answer is still an answer; leave judging it to the flow
-                pass
             cost = reply.cost_usd
             if cost is None:
                 cost = spec.cost_profile.cost(reply.prompt_tokens, reply.completion_tokens) if spec.cost_profile else 0.0

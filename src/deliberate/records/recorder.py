@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 from .. import __version__
@@ -158,9 +157,6 @@ class Recorder:
             self.writer.write_now(text, durable=durable)
         else:
             self.writer.submit(text)
-
-    def touch(self) -> float:
-        return time.time()
 
 
 class _Writer:
