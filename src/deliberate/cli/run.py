@@ -93,7 +93,7 @@ def execute(loaded: Any, inputs: dict[str, Any], options: Any, registry: Any, *,
     from .._api import run_flow_async
     from ..config import get_settings
     from ..gateway.gateway import Gateway
-    from ..gateway.layers import Budget, ResponseCache
+    from ..gateway.layers import ResponseCache
     from ..ui.live import LiveView
     from ..ui.render import answer
 
@@ -104,7 +104,7 @@ def execute(loaded: Any, inputs: dict[str, Any], options: Any, registry: Any, *,
         if not json_out:
             console.print(f"[dim]{message}[/]", highlight=False)
 
-    gateway = Gateway(registry, settings=settings, budget=Budget(options.max_cost),
+    gateway = Gateway(registry, settings=settings,  # run_flow_async sets the budget from options
                       # cache: True/False from the caller wins; None follows DELIBERATE_CACHE
                       cache=ResponseCache(settings.response_cache())
                       if (settings.cache if cache is None else cache) else None,
