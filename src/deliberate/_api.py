@@ -99,7 +99,8 @@ async def run_flow_async(
     elif options.max_cost is not None:
         gateway.budget = Budget(options.max_cost)
     runs = runs_dir if runs_dir is not None else settings.runs_dir
-    recorder = Recorder(runs if record else None, base=base_record, parent=parent_record)
+    recorder = Recorder(runs if record else None, base=base_record, parent=parent_record,
+                        durable=settings.record_fsync)
     from .logs import EventLog, configure
 
     configure(settings)

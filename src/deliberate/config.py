@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     )
     home: Path | None = Field(None, validation_alias=_env("DELIBERATE_HOME"))
     runs_dir: Path = Field(Path("runs"), validation_alias=_env("DELIBERATE_RUNS_DIR"))
+    record_fsync: bool = Field(False, validation_alias=_env("DELIBERATE_RECORD_FSYNC"))
     cache: bool = Field(False, validation_alias=_env("DELIBERATE_CACHE"))
     cache_dir: Path | None = Field(None, validation_alias=_env("DELIBERATE_CACHE_DIR"))
 
@@ -115,9 +116,9 @@ def search_dirs(settings: Settings | None = None) -> list[Path]:
 
 def secret_values() -> list[str]:
     """Values of the secret environment variables that are set (for scrubbing)."""
-    values = [os.environ.get(name, "") for name in SECRET_ENV_VARS]
-    extra = [v for k, v in os.environ.items() if k.endswith("_API_KEY") and k not in SECRET_ENV_VARS]
-    return [v for v in values + extra if len(v) >= 6]
+    env = os.environ
+    names = list(SECRET_ENV_VARS) + [k for k in env if k.endswith("_API_KEY") and k not in SECRET_ENV_VARS]
+    return [v for v in (env.get(name, "") for name in names) if len(v) >= 6]
 
 
 def scrub(text: str, secrets: list[str] | None = None, extra: list[str] | None = None) -> str:

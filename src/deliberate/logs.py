@@ -60,5 +60,8 @@ class EventLog:
         level = logging.DEBUG if name == "Token" else logging.INFO
         if not log.isEnabledFor(level):
             return
-        data = event.model_dump(mode="json", exclude={"flow"} if name == "RunStarted" else None)
+        from .engine.events import event_dict
+
+        data = event_dict(event)
+        data.pop("flow", None)  # RunStarted: the whole flow spec is in the record, not the log
         log.log(level, name, extra={"event": data})

@@ -25,7 +25,10 @@ class _Model(BaseModel):
 
 
 class Sampling(_Model):
-    """Sampling settings, from the strategy, overridable per request."""
+    """Sampling settings, from the strategy, overridable per request. Frozen: results share
+    their strategy's instance; a request's override makes a copy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)

@@ -1,26 +1,32 @@
 """The engine's one stream of typed events. The terminal view, the run record and the log each
-subscribe to it; the engine imports no terminal code."""
+subscribe to it; the engine imports no terminal code.
+
+Events are plain slotted dataclasses, not pydantic models: the engine builds about four of them per
+step, and they are facts it already checked, so validating them again would only cost time (see
+``bench/overhead.py``). :func:`event_dict` gives the JSON form."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from ..gateway.contracts import Attempt, GatewayEvent, Message, Sampling
 
 
-class Event(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    at: float = Field(default_factory=time.time)
+@dataclass(slots=True, kw_only=True)
+class Event:
+    at: float = field(default_factory=time.time)
 
     @property
     def type(self) -> str:
         return type(self).__name__
 
 
+@dataclass(slots=True, kw_only=True)
 class RunStarted(Event):
     run_id: str
     flow_name: str
@@ -32,13 +38,14 @@ class RunStarted(Event):
     order: list[str]
     output_step: str
     parent_run_id: str | None = None
-    reused_steps: list[str] = Field(default_factory=list)
+    reused_steps: list[str] = field(default_factory=list)
 
 
-class CallInfo(BaseModel):
-    """One answered model call, as the record keeps it."""
+@dataclass(slots=True, kw_only=True)
+class CallInfo:
+    """One answered model call, as the record keeps it (``records.schema.CallRecord`` reads it
+    back, with the call's round, branch, item and attempt)."""
 
-    model_config = ConfigDict(extra="forbid")
     model_key: str
     model_requested: str | None = None
     model_name: str = ""
@@ -46,7 +53,7 @@ class CallInfo(BaseModel):
     strategy: str = ""
     sampling: Sampling | None = None
     max_tokens: int = 0
-    messages: list[Message] = Field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
     text: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -56,11 +63,12 @@ class CallInfo(BaseModel):
     total_time: float = 0.0
     cache_hit: bool = False
     finish_reason: str | None = None
-    attempts: list[Attempt] = Field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
     started_at: float = 0.0
     finished_at: float = 0.0
 
 
+@dataclass(slots=True, kw_only=True)
 class StepStarted(Event):
     step: str
     kind: str
@@ -71,6 +79,7 @@ class StepStarted(Event):
     model_key: str | None = None
 
 
+@dataclass(slots=True, kw_only=True)
 class Token(Event):
     """Streamed text of a running call. ``reset``: the attempt so far was dropped (a retry or a
     fallback follows); forget the text streamed for this step and branch."""
@@ -82,50 +91,56 @@ class Token(Event):
     reset: bool = False
 
 
+@dataclass(slots=True, kw_only=True)
 class CallFinished(Event):
     """A model call inside a step answered (a branch, a judge, a judge's re-run of its target)."""
 
     step: str
+    call: CallInfo
     round: int = 1
     branch: int | None = None
     item: Any = None
     attempt: int = 1
-    call: CallInfo
 
 
+@dataclass(slots=True, kw_only=True)
 class CallFailed(Event):
     step: str
-    round: int = 1
-    branch: int | None = None
     error: str
     error_type: str
-    attempts: list[Attempt] = Field(default_factory=list)
+    round: int = 1
+    branch: int | None = None
+    attempts: list[Attempt] = field(default_factory=list)
 
 
+@dataclass(slots=True, kw_only=True)
 class StepFinished(Event):
     step: str
     kind: str
-    round: int = 1
     value: Any  # values.to_json form
+    round: int = 1
     started_at: float = 0.0
     reused: bool = False
 
 
+@dataclass(slots=True, kw_only=True)
 class StepSkipped(Event):
     step: str
-    round: int = 1
     when: str
     decided_by: Any
+    round: int = 1
 
 
+@dataclass(slots=True, kw_only=True)
 class StepFailed(Event):
     step: str
-    round: int = 1
     error: str
     error_type: str
+    round: int = 1
     optional: bool = False
 
 
+@dataclass(slots=True, kw_only=True)
 class JudgeScored(Event):
     step: str
     target: str
@@ -136,25 +151,28 @@ class JudgeScored(Event):
     feedback: str
 
 
+@dataclass(slots=True, kw_only=True)
 class VoteDecided(Event):
     step: str
     counts: dict[str, int]
     winner: str
     tie: bool
     tie_rule: str
-    tied: list[str] = Field(default_factory=list)
+    tied: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True, kw_only=True)
 class RoundFinished(Event):
     round: int
     stop_reason: Literal["until", "max"] | None = None
     until_value: Any = None
-    outputs: dict[str, Any] = Field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(slots=True, kw_only=True)
 class GatewayNotice(Event):
-    step: str | None = None
     event: GatewayEvent
+    step: str | None = None
 
 
 class Totals(BaseModel):
@@ -167,13 +185,21 @@ class Totals(BaseModel):
     wall_s: float = 0.0
 
 
+@dataclass(slots=True, kw_only=True)
 class RunFinished(Event):
     status: Literal["succeeded", "failed", "interrupted"]
     output: str | None = None
     output_step: str = ""
     error: str | None = None
     error_type: str | None = None
-    totals: Totals = Field(default_factory=Totals)
+    totals: Totals = field(default_factory=Totals)
+
+
+def event_dict(event: Event | CallInfo) -> dict[str, Any]:
+    """The JSON-ready form of an event (nested models and dataclasses included)."""
+    from pydantic_core import to_jsonable_python
+
+    return to_jsonable_python(event)  # type: ignore[no-any-return]
 
 
 Subscriber = Callable[[Event], None]
@@ -181,5 +207,5 @@ Subscriber = Callable[[Event], None]
 __all__ = [
     "CallFailed", "CallFinished", "CallInfo", "Event", "GatewayNotice", "JudgeScored", "RoundFinished",
     "RunFinished", "RunStarted", "StepFailed", "StepFinished", "StepSkipped", "StepStarted", "Subscriber",
-    "Token", "Totals", "VoteDecided",
+    "Token", "Totals", "VoteDecided", "event_dict",
 ]

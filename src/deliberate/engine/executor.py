@@ -114,7 +114,8 @@ class _Run:
         self.values: dict[str, Any] = {}
         self.last_messages: dict[str, list[Message]] = {}
         self.skipped: set[str] = set()
-        self.totals = Totals()
+        self.counts = {"steps": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+        self.totals = Totals()  # filled from the counts when the run finishes
         self.loop = set(self.flow.rounds.steps) if self.flow.rounds else set()
 
     @property
@@ -165,7 +166,7 @@ class _Run:
                          self.values, code)
 
     def finish(self, status: str, error: str | None, etype: str | None, t0: float) -> str | None:
-        self.totals.wall_s = time.perf_counter() - t0
+        self.totals = Totals(**self.counts, wall_s=time.perf_counter() - t0)
         out = None
         if status == "succeeded":
             out = as_text(self.values.get(self.loaded.output, ""))
@@ -303,7 +304,7 @@ class _Run:
                 return
             raise StepError(name, err) from None
         self.values[name] = value
-        self.totals.steps += 1
+        self.counts["steps"] += 1
         self.emit(StepFinished(step=name, kind=step.kind, round=self.round, value=to_json(value),
                                started_at=started))
 
@@ -371,10 +372,11 @@ class _Run:
 
     def account(self, name: str, request: GenerationRequest, result: GenerationResult, started: float,
                 branch: int | None, item: Any, attempt: int) -> None:
-        self.totals.calls += 0 if result.cache_hit else 1
-        self.totals.prompt_tokens += result.usage.prompt_tokens
-        self.totals.completion_tokens += result.usage.completion_tokens
-        self.totals.cost_usd += result.usage.cost_usd
+        usage, counts = result.usage, self.counts
+        counts["calls"] += 0 if result.cache_hit else 1
+        counts["prompt_tokens"] += usage.prompt_tokens
+        counts["completion_tokens"] += usage.completion_tokens
+        counts["cost_usd"] += usage.cost_usd
         info = CallInfo(
             model_key=result.model_resolved, model_requested=request.model_key, model_name=result.model_name,
             source=result.source, strategy=result.strategy, sampling=result.sampling,
@@ -510,7 +512,7 @@ class _Run:
         ctx = FunctionContext(
             flow_name=self.flow.name, inputs=dict(self.inputs), outputs=dict(self.values),
             history=self.e.history or (lambda _f, _n: []),
-            stats=lambda: self.totals.model_dump(exclude={"wall_s"}),
+            stats=lambda: dict(self.counts),
         )
         return await fn.run(ctx, params)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ class LoadedFlow:
     order: list[str] = field(default_factory=list)
     output: str = ""
 
-    @property
+    @cached_property
     def hash(self) -> str:
         return flow_hash(self.data)
 

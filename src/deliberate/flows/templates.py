@@ -77,8 +77,39 @@ def compiled_expression(expr: str) -> Any:
     return ENV.compile_expression(expr, undefined_to_none=False)
 
 
+@lru_cache(maxsize=1024)
+def _plain(source: str) -> tuple[tuple[bool, str], ...] | None:
+    """Most prompts only put names into text (``Critique: {{ draft }}``). For those, the parts:
+    ``(False, text)`` or ``(True, name)``; None for any other template. Rendering them takes a
+    join instead of jinja's context set-up, with the same output: jinja prints a name as
+    ``str(value)``, and its text nodes already have the whitespace options applied."""
+    try:
+        body = parse(source).body
+    except TemplateProblem:
+        return None
+    if not body:
+        return ()
+    if len(body) != 1 or not isinstance(body[0], nodes.Output):
+        return None
+    parts: list[tuple[bool, str]] = []
+    for node in body[0].nodes:
+        if isinstance(node, nodes.TemplateData):
+            parts.append((False, node.data))
+        elif isinstance(node, nodes.Name) and node.ctx == "load":
+            parts.append((True, node.name))
+        else:
+            return None
+    return tuple(parts)
+
+
 def render(source: str, context: dict[str, Any]) -> str:
     """Render a template; undefined names and unsafe access are errors."""
+    plain = _plain(source)
+    if plain is not None:
+        try:
+            return "".join([str(context[text]) if is_name else text for is_name, text in plain])
+        except KeyError:
+            pass  # a global (range, ...) or an undefined name: jinja resolves it or says which
     try:
         return compiled(source).render(context)  # type: ignore[no-any-return]
     except UndefinedError as exc:

@@ -144,11 +144,12 @@ class Gateway:
         strategy = self.registry.strategy(
             request.strategy or spec.default_strategy or self.registry.default_strategy
         )
-        sampling = strategy.sampling.model_copy()
+        update: dict[str, Any] = {}
         if request.temperature is not None:
-            sampling.temperature = request.temperature
+            update["temperature"] = request.temperature
         if request.seed is not None:
-            sampling.seed = request.seed
+            update["seed"] = request.seed
+        sampling = strategy.sampling.model_copy(update=update) if update else strategy.sampling
         max_tokens = request.max_tokens or strategy.limits.max_tokens or self.settings.max_tokens_default
         return spec, strategy, sampling, max_tokens
 
@@ -182,8 +183,8 @@ class Gateway:
                 emit(GatewayEvent(kind="fallback", endpoint=model.endpoint, model_key=key,
                                   detail=f"after: {failures[-1]}", at=time.time()))
             try:
-                result = await self._call_model(
-                    model, strategy, sampling, max_tokens, request, attempts, on_token, emit
+                return await self._call_model(
+                    model, strategy, sampling, max_tokens, request, attempts, on_token, emit, events, started
                 )
             except BudgetExceeded:
                 raise
@@ -191,11 +192,6 @@ class Gateway:
                 failures.append(f"{key}: {exc.line()}")
                 errors.append(exc)
                 continue
-            result.attempts = attempts
-            result.events = events
-            result.strategy = strategy.name
-            result.timings.total_time = time.perf_counter() - started
-            return result
         if len(errors) == 1:
             # keep the original (transient, retry_after, trips_breaker) so callers can tell a bad
             # key from an outage
@@ -217,7 +213,11 @@ class Gateway:
         attempts: list[Attempt],
         on_token: TokenCallback | None,
         emit: EventCallback,
+        events: list[GatewayEvent],
+        started: float,
     ) -> GenerationResult:
+        """One model of the request's candidates; the result carries the whole request's
+        attempts, events and time (``started``: when the request began)."""
         prompt_text = "\n".join(m.content for m in request.messages)
         prompt_est = estimate_tokens(prompt_text)
         if prompt_est + max_tokens > spec.context_window:
@@ -245,7 +245,10 @@ class Gateway:
                 attempts.append(Attempt(model_key=spec.key, ok=True, seconds=0.0))
                 if on_token:
                     on_token(hit.text)
-                return hit.model_copy(update={"cache_hit": True, "usage": hit.usage.model_copy(update={"cost_usd": 0.0})})
+                return hit.model_copy(update={
+                    "cache_hit": True, "usage": hit.usage.model_copy(update={"cost_usd": 0.0}),
+                    "attempts": attempts, "events": events, "strategy": strategy.name,
+                    "timings": hit.timings.model_copy(update={"total_time": time.perf_counter() - started})})
 
         reserved = 0.0
         if self.budget.max_cost_usd is not None:
@@ -254,14 +257,14 @@ class Gateway:
             reserved = estimate
         try:
             return await self._attempts(spec, strategy, sampling, max_tokens, call, backend, attempts, emit,
-                                        on_token, request, cache_key)
+                                        on_token, request, cache_key, events, started)
         finally:
             self.budget.release(reserved)
 
     async def _attempts(self, spec: ModelSpec, strategy: StrategySpec, sampling: Sampling, max_tokens: int,
                         call: BackendCall, backend: Backend, attempts: list[Attempt], emit: EventCallback,
                         on_token: TokenCallback | None, request: GenerationRequest,
-                        cache_key: str | None) -> GenerationResult:
+                        cache_key: str | None, events: list[GatewayEvent], started: float) -> GenerationResult:
 
         breaker = self.breaker(spec.endpoint)
         rate = self.rate_limit(spec)
@@ -320,7 +323,7 @@ class Gateway:
                 text=reply.text,
                 tokens_generated=reply.completion_tokens,
                 timings=Timings(load_time=reply.load_time, inference_time=reply.inference_time,
-                                total_time=elapsed),
+                                total_time=time.perf_counter() - started),
                 usage=Usage(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                             cost_usd=cost),
                 source=reply.source,
@@ -330,6 +333,9 @@ class Gateway:
                 sampling=sampling,
                 max_tokens=max_tokens,
                 finish_reason=reply.finish_reason,
+                strategy=strategy.name,
+                attempts=attempts,
+                events=events,
             )
             if cache_key is not None and self.cache is not None:
                 self.cache.put(cache_key, result)

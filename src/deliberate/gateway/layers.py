@@ -34,21 +34,12 @@ class Breaker:
                  emit: Callable[[GatewayEvent], None]) -> None:
         self.endpoint = endpoint
         self._emit = emit
-        outer = self
-
-        class _Listener(pybreaker.CircuitBreakerListener):
-            def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
-                kind = {"open": "breaker_open", "half-open": "breaker_half_open",
-                        "closed": "breaker_closed"}[new_state.name]
-                outer._emit(GatewayEvent(kind=kind, endpoint=endpoint, at=time.time(),
-                                         detail=f"{old_state.name} -> {new_state.name}"))
-
         exclude: list[Any] = [lambda e: isinstance(e, ProviderError) and not e.trips_breaker, _Cancelled]
         self.cb = pybreaker.CircuitBreaker(
             fail_max=fail_max,
             reset_timeout=reset_timeout,
             exclude=exclude,
-            listeners=[_Listener()],
+            listeners=[_Listener(endpoint, emit)],
             name=endpoint,
             throw_new_error_on_trip=False,
         )
@@ -74,6 +65,19 @@ class Breaker:
                 transient=False,
                 trips_breaker=False,
             ) from None
+
+
+class _Listener(pybreaker.CircuitBreakerListener):
+    """Turns pybreaker's state changes into gateway events."""
+
+    _KINDS = {"open": "breaker_open", "half-open": "breaker_half_open", "closed": "breaker_closed"}
+
+    def __init__(self, endpoint: str, emit: Callable[[GatewayEvent], None]) -> None:
+        self.endpoint, self.emit = endpoint, emit
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        self.emit(GatewayEvent(kind=self._KINDS[new_state.name], endpoint=self.endpoint,  # type: ignore[arg-type]
+                               at=time.time(), detail=f"{old_state.name} -> {new_state.name}"))
 
 
 class _Cancelled(Exception):

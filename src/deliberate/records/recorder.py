@@ -1,15 +1,28 @@
-"""The run record as a subscriber of the engine's event stream, written after every step."""
+"""The run record as a subscriber of the engine's event stream, written after every step.
+
+While a run goes, the record is kept as JSON-ready dicts, and its JSON text is kept in pieces: the
+part fixed at the start (the flow, inputs, options) is encoded once, each step is encoded again
+only when it changes, and the small rest every time. A snapshot after a step therefore costs the
+encoding of that step, not of the whole record. :attr:`Recorder.record` validates the same text
+into a :class:`RunRecord` for readers (the live view, ``--json``), once per change."""
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
+
+from pydantic_core import to_json
 
 from .. import __version__
 from ..config import scrub, secret_values
 from ..engine.events import (
     CallFailed,
     CallFinished,
+    CallInfo,
     Event,
     GatewayNotice,
     JudgeScored,
@@ -23,178 +36,286 @@ from ..engine.events import (
     VoteDecided,
 )
 from ..engine.values import as_text, from_json
-from .schema import CallRecord, FailureRecord, JudgeRecord, RoundRecord, RunRecord, StepRecord, VoteRecord
+from .schema import RECORD_KIND, SCHEMA_VERSION, RunRecord
 from .store import LiveLock, record_path, write_atomic
+
+_CALL_FIELDS = tuple(f.name for f in fields(CallInfo))
+# fixed once the run has started; everything else is the "tail", encoded on every snapshot
+_HEAD = ("schema_version", "kind", "run_id", "parent_run_id", "created_at", "flow_name", "flow_source",
+         "flow_hash", "flow", "inputs", "options", "order", "output_step", "reused_steps",
+         "deliberate_version")
+_TAIL = ("status", "finished_at", "rounds", "events", "output", "error", "error_type", "totals")
+
+
+def _new_step(name: str, kind: str) -> dict[str, Any]:
+    return {"name": name, "kind": kind, "status": "pending", "round": 1, "started_at": None,
+            "finished_at": None, "value": None, "output": None, "skipped_when": None, "decided_by": None,
+            "error": None, "error_type": None, "calls": [], "failures": [], "judge": [], "vote": None,
+            "rounds": []}
 
 
 class Recorder:
-    """Builds the :class:`RunRecord` from events; writes it atomically unless ``runs_dir`` is None."""
+    """Builds the run record from events; writes it atomically unless ``runs_dir`` is None."""
 
     def __init__(self, runs_dir: Path | None, base: RunRecord | None = None,
-                 parent: RunRecord | None = None) -> None:
+                 parent: RunRecord | None = None, durable: bool = False) -> None:
         self.runs_dir = runs_dir
+        self.durable = durable  # fsync the final write
         self.base = base  # resume: continue this record instead of starting a new one
         self.parent = parent  # replay --from: where reused steps' judge scores and votes come from
-        self._secrets: list[str] | None = None  # read on the first write (scanning env costs)
-        self.writer: _Writer | None = None
         self.lock: LiveLock | None = None
-        self.record: RunRecord | None = None
         self.path: Path | None = None
+        self.data: dict[str, Any] | None = None  # the record, JSON-ready (steps: see _new_step)
+        self._secrets: list[str] = []
+        self._head = b""
+        self._steps: dict[str, bytes] = {}  # name -> encoded step, dropped when the step changes
+        self._version = 0
+        self._validated: tuple[int, RunRecord] | None = None
+        self._first_write = 0.0  # monotonic time before which no snapshot is written
 
+    @property
+    def record(self) -> RunRecord | None:
+        """The record so far, validated (once per change)."""
+        if self.data is None:
+            return None
+        if self._validated is None or self._validated[0] != self._version:
+            self._validated = (self._version, RunRecord.model_validate_json(self.text()))
+        return self._validated[1]
+
+    # -- events -------------------------------------------------------------------------------
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
-            self.record = RunRecord(
-                run_id=event.run_id, parent_run_id=event.parent_run_id, created_at=event.at,
-                flow_name=event.flow_name, flow_source=event.flow_source, flow_hash=event.flow_hash,
-                flow=event.flow, inputs=event.inputs, options=event.options, order=event.order,
-                output_step=event.output_step, reused_steps=event.reused_steps,
-                deliberate_version=__version__,
-                steps={n: StepRecord(name=n, kind=event.flow["steps"][n].get("kind", "generate"))
-                       for n in event.order},
-            )
-            if self.base is not None and self.base.run_id == event.run_id:
-                self.record = self.base.model_copy(deep=True)
-                self.record.status, self.record.error, self.record.error_type = "running", None, None
-                self.record.finished_at = None
-                for s in self.record.steps.values():
-                    if s.status in ("running", "failed"):
-                        s.status = "pending"
-            if self.runs_dir is not None:
-                self.path = record_path(self.runs_dir, event.run_id)
-                self.writer = _Writer(self.path)
-                self.lock = LiveLock(self.path)
-                try:
-                    self.lock.acquire()
-                except OSError:
-                    self.lock = None  # another process holds it: resume refuses that case earlier
-            self.save()
+            self._start(event)
             return
-        rec = self.record
+        rec = self.data
         if rec is None:
             return
-        step = rec.steps.get(getattr(event, "step", "") or "")
+        step: dict[str, Any] | None = rec["steps"].get(getattr(event, "step", None) or "")
         if isinstance(event, StepStarted) and step is not None:
-            if step.started_at is None or event.round > step.round:
-                step.started_at = event.at
-            step.status, step.round = "running", event.round
+            if step["started_at"] is None or event.round > step["round"]:
+                step["started_at"] = event.at
+            step["status"], step["round"] = "running", event.round
+            self._changed(step)
         elif isinstance(event, CallFinished) and step is not None:
-            step.calls.append(CallRecord(**dict(event.call), round=event.round, branch=event.branch,
-                                         item=event.item, attempt=event.attempt))
+            info = event.call
+            call = {f: getattr(info, f) for f in _CALL_FIELDS}
+            call.update(round=event.round, branch=event.branch, item=event.item, attempt=event.attempt)
+            step["calls"].append(call)
+            self._changed(step)
         elif isinstance(event, CallFailed) and step is not None:
-            step.failures.append(FailureRecord(round=event.round, branch=event.branch, error=event.error,
-                                               error_type=event.error_type))
+            step["failures"].append({"round": event.round, "branch": event.branch, "error": event.error,
+                                     "error_type": event.error_type})
+            self._changed(step)
         elif isinstance(event, StepFinished) and step is not None:
-            if event.reused and self.base is not None and step.status in ("succeeded", "skipped"):
-                return  # resume: the finished step stays as it was recorded
-            step.status = "reused" if event.reused else "succeeded"
-            if event.reused and self.parent is not None and event.step in self.parent.steps:
-                before = self.parent.steps[event.step]
-                step.judge, step.vote, step.rounds = list(before.judge), before.vote, list(before.rounds)
-                if before.status == "skipped":
-                    step.status, step.skipped_when, step.decided_by = "skipped", before.skipped_when, before.decided_by
-            step.value, step.round = event.value, event.round
-            step.output = as_text(from_json(event.value))
-            step.finished_at = event.at
-            step.error = step.error_type = None
-            if step.started_at is None:
-                step.started_at = event.started_at or event.at
-            self.save()
+            self._step_finished(event, step)
         elif isinstance(event, StepSkipped) and step is not None:
-            step.status, step.skipped_when, step.decided_by = "skipped", event.when, event.decided_by
-            step.value, step.output, step.finished_at = {"type": "text", "text": ""}, "", event.at
-            self.save()
+            step.update(status="skipped", skipped_when=event.when, decided_by=event.decided_by,
+                        value={"type": "text", "text": ""}, output="", finished_at=event.at)
+            self._changed(step, save=True)
         elif isinstance(event, StepFailed) and step is not None:
-            step.status, step.error, step.error_type = "failed", event.error, event.error_type
-            step.finished_at = event.at
-            self.save()
+            step.update(status="failed", error=event.error, error_type=event.error_type, finished_at=event.at)
+            self._changed(step, save=True)
         elif isinstance(event, JudgeScored) and step is not None:
-            step.judge.append(JudgeRecord(attempt=event.attempt, score=event.score, threshold=event.threshold,
-                                          passed=event.passed, feedback=event.feedback))
+            step["judge"].append({"attempt": event.attempt, "score": event.score, "threshold": event.threshold,
+                                  "passed": event.passed, "feedback": event.feedback})
+            self._changed(step)
         elif isinstance(event, VoteDecided) and step is not None:
-            step.vote = VoteRecord(counts=event.counts, winner=event.winner, tie=event.tie,
-                                   tie_rule=event.tie_rule, tied=event.tied)
+            step["vote"] = {"counts": event.counts, "winner": event.winner, "tie": event.tie,
+                            "tie_rule": event.tie_rule, "tied": event.tied}
+            self._changed(step)
         elif isinstance(event, RoundFinished):
-            rec.rounds.append(RoundRecord(round=event.round, stop_reason=event.stop_reason,
-                                          until_value=event.until_value, at=event.at))
+            rec["rounds"].append({"round": event.round, "stop_reason": event.stop_reason,
+                                  "until_value": event.until_value, "at": event.at})
             for name, value in event.outputs.items():
-                rec.steps[name].rounds.append({"round": event.round, "value": value})
-            self.save()
+                rec["steps"][name]["rounds"].append({"round": event.round, "value": value})
+                self._changed(rec["steps"][name])
+            self._changed(None, save=True)
         elif isinstance(event, GatewayNotice):
-            rec.events.append(event.event)
+            rec["events"].append(event.event)
+            self._changed(None)
         elif isinstance(event, RunFinished):
-            rec.status, rec.output, rec.error = event.status, event.output, event.error
-            rec.error_type, rec.finished_at = event.error_type, event.at
-            # Totals from the recorded calls: a resumed run counts what it did before, too.
-            calls = [c for s in rec.steps.values() for c in s.calls]
-            rec.totals = event.totals.model_copy(update={
-                "steps": sum(1 for s in rec.steps.values() if s.status in ("succeeded", "reused")),
-                "calls": sum(1 for c in calls if not c.cache_hit),
-                "prompt_tokens": sum(c.prompt_tokens for c in calls),
-                "completion_tokens": sum(c.completion_tokens for c in calls),
-                "cost_usd": sum(c.cost_usd for c in calls),
-            })
-            if self.base is not None:
-                rec.totals.wall_s += self.base.totals.wall_s
-            for s in rec.steps.values():
-                if s.status == "running":
-                    s.status = "failed" if event.status == "failed" else "pending"
-            self.save(durable=True)
-            if self.lock is not None:
-                self.lock.release()
-                self.lock = None
+            self._finish(event)
 
-    def save(self, durable: bool = False, now: bool = False) -> None:
-        """Snapshot the record. Snapshots go to a writer thread (the event loop never waits for the
-        disk; a burst of steps coalesces into the latest snapshot); the final one is written
-        synchronously, after any write in progress, and fsync'd."""
-        if self.record is None or self.path is None or self.writer is None:
-            return
-        # Secrets never reach a record: scrub the text as written, whatever field held them.
-        if self._secrets is None:
-            self._secrets = secret_values()
-        text = scrub(self.record.model_dump_json(indent=1), self._secrets)
-        if durable or now:
-            self.writer.write_now(text, durable=durable)
+    def _start(self, event: RunStarted) -> None:
+        if self.base is not None and self.base.run_id == event.run_id:
+            rec = self.base.model_dump(mode="json")
+            rec.update(status="running", error=None, error_type=None, finished_at=None)
+            for s in rec["steps"].values():
+                if s["status"] in ("running", "failed"):
+                    s["status"] = "pending"
         else:
-            self.writer.submit(text)
+            rec = {
+                "schema_version": SCHEMA_VERSION, "kind": RECORD_KIND, "run_id": event.run_id,
+                "parent_run_id": event.parent_run_id, "created_at": event.at, "flow_name": event.flow_name,
+                "flow_source": event.flow_source, "flow_hash": event.flow_hash, "flow": event.flow,
+                "inputs": event.inputs, "options": event.options, "order": event.order,
+                "output_step": event.output_step, "reused_steps": event.reused_steps,
+                "deliberate_version": __version__, "status": "running", "finished_at": None,
+                "steps": {n: _new_step(n, event.flow["steps"][n].get("kind", "generate")) for n in event.order},
+                "rounds": [], "events": [], "output": None, "error": None, "error_type": None,
+                "totals": {"steps": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                           "cost_usd": 0.0, "wall_s": 0.0},
+            }
+        self.data = rec
+        # Secrets never reach a record: every piece is scrubbed as encoded, whatever field held them.
+        self._secrets = secret_values() if self.runs_dir is not None else []
+        self._head = b""  # encoded on first use
+        if self.runs_dir is not None:
+            self.path = record_path(self.runs_dir, event.run_id)
+            self.lock = LiveLock(self.path)  # taken by the first snapshot written (see _Writer)
+            self._first_write = time.monotonic() + (0.0 if self.base is not None else FIRST_WRITE_DELAY_S)
+        self._changed(None, save=True)
+
+    def _step_finished(self, event: StepFinished, step: dict[str, Any]) -> None:
+        if event.reused and self.base is not None and step["status"] in ("succeeded", "skipped"):
+            return  # resume: the finished step stays as it was recorded
+        step["status"] = "reused" if event.reused else "succeeded"
+        if event.reused and self.parent is not None and event.step in self.parent.steps:
+            before = self.parent.steps[event.step].model_dump(mode="json")
+            step.update(judge=before["judge"], vote=before["vote"], rounds=before["rounds"])
+            if before["status"] == "skipped":
+                step.update(status="skipped", skipped_when=before["skipped_when"],
+                            decided_by=before["decided_by"])
+        step.update(value=event.value, round=event.round, output=as_text(from_json(event.value)),
+                    finished_at=event.at, error=None, error_type=None)
+        if step["started_at"] is None:
+            step["started_at"] = event.started_at or event.at
+        self._changed(step, save=True)
+
+    def _finish(self, event: RunFinished) -> None:
+        rec = self.data
+        assert rec is not None
+        rec.update(status=event.status, output=event.output, error=event.error, error_type=event.error_type,
+                   finished_at=event.at)
+        # Totals from the recorded calls: a resumed run counts what it did before, too.
+        steps = rec["steps"].values()
+        calls = [c for s in steps for c in s["calls"]]
+        totals = event.totals.model_dump()
+        totals.update(
+            steps=sum(1 for s in steps if s["status"] in ("succeeded", "reused")),
+            calls=sum(1 for c in calls if not c["cache_hit"]),
+            prompt_tokens=sum(c["prompt_tokens"] for c in calls),
+            completion_tokens=sum(c["completion_tokens"] for c in calls),
+            cost_usd=sum(c["cost_usd"] for c in calls),
+        )
+        if self.base is not None:
+            totals["wall_s"] += self.base.totals.wall_s
+        rec["totals"] = totals
+        for s in steps:
+            if s["status"] == "running":
+                s["status"] = "failed" if event.status == "failed" else "pending"
+                self._steps.pop(s["name"], None)
+        self._changed(None)
+        if self.path is not None:
+            _WRITER.write_now(self.path, self.encoded(), durable=self.durable)
+        if self.lock is not None:
+            self.lock.release()
+
+    # -- encoding -----------------------------------------------------------------------------
+    def _changed(self, step: dict[str, Any] | None, save: bool = False) -> None:
+        self._version += 1
+        if step is not None:
+            self._steps.pop(step["name"], None)
+        if save and self.path is not None:
+            _WRITER.submit(self.path, self.encoded(), self._first_write, self.lock)
+
+    def _encode(self, value: Any) -> bytes:
+        data = to_json(value)
+        if self._secrets:
+            data = scrub(data.decode(), self._secrets).encode()
+        return data
+
+    def encoded(self) -> bytes:
+        """The record's JSON text as it stands (compact, UTF-8)."""
+        rec = self.data
+        assert rec is not None
+        if not self._head:
+            self._head = self._encode({k: rec[k] for k in _HEAD})[1:-1]
+        parts = [b"{", self._head, b',"steps":{']
+        for i, (name, step) in enumerate(rec["steps"].items()):
+            piece = self._steps.get(name)
+            if piece is None:
+                piece = self._steps[name] = self._encode(step)
+            if i:
+                parts.append(b",")
+            parts += (to_json(name), b":", piece)
+        parts += (b"},", self._encode({k: rec[k] for k in _TAIL})[1:])
+        return b"".join(parts)
+
+    def text(self) -> str:
+        return self.encoded().decode()
 
 
 class _Writer:
-    """Writes the latest submitted snapshot of one record file, atomically, in a thread."""
+    """One thread per process writes the latest submitted snapshot of each record file,
+    atomically: the event loop never waits for the disk, and a burst of steps coalesces into
+    the latest snapshot.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    A new record's first snapshot waits :data:`FIRST_WRITE_DELAY_S`: a run that ends sooner is
+    written once, by its final write, as a new file. Replacing an existing file is what costs on
+    ext4 (about 1 ms here: it flushes the new file's blocks first), and the file's lock is only
+    taken when a snapshot is about to land, so a short run pays for neither."""
+
+    def __init__(self) -> None:
         self.cond = threading.Condition()
-        self.pending: str | None = None
-        self.busy = False
+        self.pending: dict[Path, tuple[bytes, float, LiveLock | None]] = {}
+        self.busy: set[Path] = set()
         self.thread: threading.Thread | None = None
+        self.pid = 0
 
-    def submit(self, text: str) -> None:
+    def submit(self, path: Path, data: bytes, not_before: float, lock: LiveLock | None) -> None:
         with self.cond:
-            self.pending = text
-            self.cond.notify()
-            if self.thread is None:
+            queued = path in self.pending
+            self.pending[path] = (data, not_before, lock)
+            if not queued:  # a queued path is already on the thread's schedule: no wake-up
+                self.cond.notify()
+            if self.thread is None or self.pid != os.getpid():  # none yet, or we are a forked child
+                self.pid = os.getpid()
                 self.thread = threading.Thread(target=self._run, name="deliberate-record", daemon=True)
                 self.thread.start()
+
+    def _next(self) -> tuple[Path, bytes, LiveLock | None]:
+        """The next snapshot due (called holding ``cond``): waits until one is."""
+        while True:
+            now = time.monotonic()
+            due = [p for p, (_, at, _) in self.pending.items() if at <= now and p not in self.busy]
+            if due:
+                data, _, lock = self.pending.pop(due[0])
+                return due[0], data, lock
+            waits = [at - now for _, at, _ in self.pending.values()]
+            self.cond.wait(min(waits) if waits else None)
 
     def _run(self) -> None:
         while True:
             with self.cond:
-                while self.pending is None:
-                    self.cond.wait()
-                text, self.pending = self.pending, None
-                self.busy = True
+                path, data, lock = self._next()
+                self.busy.add(path)
             try:
-                write_atomic(self.path, text, durable=False)
+                if lock is not None and not lock.held:
+                    lock.acquire()
+                write_atomic(path, data)
+            except OSError:
+                pass  # the final write (write_now) reports a disk that refuses
             finally:
                 with self.cond:
-                    self.busy = False
+                    self.busy.discard(path)
                     self.cond.notify_all()
 
-    def write_now(self, text: str, durable: bool = True) -> None:
-        """Drop any queued snapshot, wait for a write in progress, then write this one."""
+    def write_now(self, path: Path, data: bytes, durable: bool = False) -> None:
+        """Drop any queued snapshot of ``path``, wait for a write of it in progress, then write
+        this one here and now."""
         with self.cond:
-            self.pending = None
-            while self.busy:
+            self.pending.pop(path, None)
+            while path in self.busy:
                 self.cond.wait()
-            write_atomic(self.path, text, durable=durable)
+            self.busy.add(path)
+        try:
+            write_atomic(path, data, durable=durable)
+        finally:
+            with self.cond:
+                self.busy.discard(path)
+                self.cond.notify_all()
+
+
+FIRST_WRITE_DELAY_S = 0.05
+_WRITER = _Writer()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,25 @@ class LiveLock:
         self.path = lock_path(record)
         self.fh: Any = None
 
+    @property
+    def held(self) -> bool:
+        return self.fh is not None
+
     def acquire(self) -> None:
+        """Take the lock; a lock some other process holds is left to it (``resume`` refuses
+        such a run before it starts)."""
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "w")  # noqa: SIM115 - held for the run's lifetime
-        fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self.fh.write(str(os.getpid()))
-        self.fh.flush()
+        fh = open(self.path, "w")  # noqa: SIM115 - held for the run's lifetime
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            return
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self.fh = fh
 
     def release(self) -> None:
         if self.fh is not None:
@@ -66,22 +77,31 @@ def is_live(record: Path) -> bool:
         return False
 
 
-def write_atomic(path: Path, text: str, durable: bool = True) -> None:
+def write_atomic(path: Path, data: str | bytes, durable: bool = False) -> None:
     """Write a file so a reader (or a crash) never sees half of it: temp file + rename in the
-    same directory. The rename alone protects against a killed process; ``durable`` also fsyncs
-    (against power loss), which costs milliseconds, so the recorder does it for the final write
-    only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    same directory. The rename alone protects against a killed process (the kernel keeps the
+    written pages); ``durable`` also fsyncs, against power loss, at a cost of milliseconds."""
+    # One temp name per process and thread: a process writes a given file from one thread at a
+    # time, so no random name (mkstemp) is needed.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    raw = data.encode("utf-8") if isinstance(data, str) else data
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            view = memoryview(raw)
+            while view:
+                view = view[os.write(fd, view):]
             if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

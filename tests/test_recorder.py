@@ -1,0 +1,94 @@
+"""The recorder keeps the record's JSON in pieces (the flow once, each step again only when it
+changed): after every event the pieces must equal a fresh encoding of the whole record. Also: the
+field lists of the engine's CallInfo and the record's CallRecord stay in step, a short run is
+written once and leaves no lock file, and DELIBERATE_RECORD_FSYNC fsyncs the final write."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deliberate_scripted import ScriptedBackend
+from pydantic_core import to_json
+
+from deliberate._api import run_flow_async
+from deliberate.config import Settings
+from deliberate.engine.events import CallInfo, Event
+from deliberate.flows import load_flow_text
+from deliberate.gateway import Gateway
+from deliberate.records.recorder import Recorder
+from deliberate.records.schema import CallRecord, RunRecord
+from test_engine import FANOUT, JUDGED, ROUNDS, registry
+
+RULES = [
+    {"match": "SCORE: N", "reply": "SCORE: 3\nToo vague.", "times": 1},
+    {"match": "SCORE: N", "reply": "SCORE: 9\nGood now."},
+    {"match": "^review: R", "reply": "NO ISSUES"},
+    {"match": "^refine:", "reply": "R1"},
+]
+
+
+def test_call_record_has_the_call_info_fields_and_its_place() -> None:
+    assert set(CallRecord.model_fields) == {f.name for f in fields(CallInfo)} | {"round", "branch", "item",
+                                                                                    "attempt"}
+
+
+@pytest.mark.parametrize("flow", [FANOUT, ROUNDS, JUDGED], ids=["fanout", "rounds", "judge"])
+async def test_pieced_encoding_equals_a_fresh_encoding_after_every_event(flow: str) -> None:
+    recorder = Recorder(Path("runs"))
+    seen: list[str] = []
+
+    def check(event: Event) -> None:
+        recorder(event)
+        if recorder.data is not None:
+            assert json.loads(recorder.text()) == json.loads(to_json(recorder.data)), type(event).__name__
+            seen.append(type(event).__name__)
+
+    reg = registry()
+    gw = Gateway(reg, settings=Settings(), backends={"scripted": ScriptedBackend(rules=RULES)})
+    from deliberate.engine.executor import Engine
+
+    engine = Engine(gw, [check], judge_backoff_s=0)
+    result = await engine.run(load_flow_text(flow, "t.yaml", reg), {"prompt": "q"})
+    assert result.status == "succeeded"
+    assert {"StepFinished", "CallFinished", "RunFinished"} <= set(seen)
+    on_disk = json.loads(Path("runs", f"{result.run_id}.json").read_text())
+    assert on_disk == json.loads(to_json(recorder.data))
+    RunRecord.model_validate(on_disk)  # and it is a valid record
+
+
+async def test_short_run_is_written_once_and_leaves_no_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deliberate.records import store
+
+    writes: list[Path] = []
+    real = store.write_atomic
+
+    def counting(path: Path, data: Any, durable: bool = False) -> None:
+        writes.append(path)
+        real(path, data, durable)
+
+    monkeypatch.setattr("deliberate.records.recorder.write_atomic", counting)
+    reg = registry()
+    gw = Gateway(reg, settings=Settings(), backends={"scripted": ScriptedBackend(rules=[])})
+    outcome = await run_flow_async(load_flow_text(FANOUT, "t.yaml", reg), {"prompt": "q"}, registry=reg,
+                                   gateway=gw, runs_dir=Path("runs"))
+    assert writes == [outcome.record_path]
+    assert sorted(p.name for p in Path("runs").iterdir()) == [outcome.record_path.name]  # no temp, no lock
+    assert json.loads(outcome.record_path.read_text())["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("env, expected", [("1", 1), ("0", 0)])
+async def test_record_fsync_setting(monkeypatch: pytest.MonkeyPatch, env: str, expected: int) -> None:
+    monkeypatch.setenv("DELIBERATE_RECORD_FSYNC", env)
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    reg = registry()
+    gw = Gateway(reg, settings=Settings(), backends={"scripted": ScriptedBackend(rules=[])})
+    await run_flow_async(load_flow_text(FANOUT, "t.yaml", reg), {"prompt": "q"}, registry=reg, gateway=gw,
+                         settings=Settings(), runs_dir=Path("runs"))
+    assert len(synced) == expected
