@@ -85,7 +85,11 @@ def test_killed_run_resumes_without_redoing_finished_steps(scripted, sig: int, s
 
 
 def test_killed_in_round_two_resumes_the_rounds_block_from_round_one(scripted) -> None:
+    # The critic takes a moment, so the record's first snapshot (50 ms after the start) lands
+    # before round 2's critic answers, and the snapshot taken when it does shows the refiner as
+    # round 1 left it.
     scripted.write([{"match": "Produce a complete", "reply": "DRAFT"},
+                    {"match": "List the concrete problems", "reply": "CRIT", "delay": 0.2},
                     {"match": "Write the improved", "reply": "R1", "times": 1},
                     {"match": "Write the improved", "delay": 60}])
     proc = start("run", "challenge", "x", "--rounds", "2", "--quiet")

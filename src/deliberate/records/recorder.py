@@ -8,6 +8,7 @@ into a :class:`RunRecord` for readers (the live view, ``--json``), once per chan
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -47,6 +48,13 @@ _HEAD = ("schema_version", "kind", "run_id", "parent_run_id", "created_at", "flo
 _TAIL = ("status", "finished_at", "rounds", "events", "output", "error", "error_type", "totals")
 
 
+def _now() -> float:
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()  # the loop's clock, too
+
+
 def _new_step(name: str, kind: str) -> dict[str, Any]:
     return {"name": name, "kind": kind, "status": "pending", "round": 1, "started_at": None,
             "finished_at": None, "value": None, "output": None, "skipped_when": None, "decided_by": None,
@@ -71,7 +79,8 @@ class Recorder:
         self._steps: dict[str, bytes] = {}  # name -> encoded step, dropped when the step changes
         self._version = 0
         self._validated: tuple[int, RunRecord] | None = None
-        self._first_write = 0.0  # monotonic time before which no snapshot is written
+        self._first_write = 0.0  # loop time before which no snapshot is written
+        self._flush: asyncio.TimerHandle | asyncio.Handle | None = None  # a snapshot to come
 
     @property
     def record(self) -> RunRecord | None:
@@ -163,7 +172,7 @@ class Recorder:
         if self.runs_dir is not None:
             self.path = record_path(self.runs_dir, event.run_id)
             self.lock = LiveLock(self.path)  # taken by the first snapshot written (see _Writer)
-            self._first_write = time.monotonic() + (0.0 if self.base is not None else FIRST_WRITE_DELAY_S)
+            self._first_write = _now() + (0.0 if self.base is not None else FIRST_WRITE_DELAY_S)
         self._changed(None, save=True)
 
     def _step_finished(self, event: StepFinished, step: dict[str, Any]) -> None:
@@ -206,6 +215,9 @@ class Recorder:
                 s["status"] = "failed" if event.status == "failed" else "pending"
                 self._steps.pop(s["name"], None)
         self._changed(None)
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         if self.path is not None:
             _WRITER.write_now(self.path, self.encoded(), durable=self.durable)
         if self.lock is not None:
@@ -216,8 +228,21 @@ class Recorder:
         self._version += 1
         if step is not None:
             self._steps.pop(step["name"], None)
-        if save and self.path is not None:
-            _WRITER.submit(self.path, self.encoded(), self._first_write, self.lock)
+        if save and self.path is not None and self._flush is None:
+            # Encoded on the loop, once per turn at most: steps finishing together make one
+            # snapshot, and a run that ends before its first write is due encodes only its last.
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._snapshot()
+                return
+            delay = self._first_write - loop.time()
+            self._flush = loop.call_later(delay, self._snapshot) if delay > 0 else loop.call_soon(self._snapshot)
+
+    def _snapshot(self) -> None:
+        self._flush = None
+        if self.path is not None and self.data is not None and self.data["status"] == "running":
+            _WRITER.submit(self.path, self.encoded(), self.lock)
 
     def _encode(self, value: Any) -> bytes:
         data = to_json(value)
@@ -248,47 +273,33 @@ class Recorder:
 
 class _Writer:
     """One thread per process writes the latest submitted snapshot of each record file,
-    atomically: the event loop never waits for the disk, and a burst of steps coalesces into
-    the latest snapshot.
-
-    A new record's first snapshot waits :data:`FIRST_WRITE_DELAY_S`: a run that ends sooner is
-    written once, by its final write, as a new file. Replacing an existing file is what costs on
-    ext4 (about 1 ms here: it flushes the new file's blocks first), and the file's lock is only
-    taken when a snapshot is about to land, so a short run pays for neither."""
+    atomically: the event loop never waits for the disk, and snapshots that queue up while a
+    write is in progress coalesce into the latest. A record's lock is taken just before its first
+    snapshot lands, so a run written only by its final write never creates one."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
-        self.pending: dict[Path, tuple[bytes, float, LiveLock | None]] = {}
+        self.pending: dict[Path, tuple[bytes, LiveLock | None]] = {}
         self.busy: set[Path] = set()
         self.thread: threading.Thread | None = None
         self.pid = 0
 
-    def submit(self, path: Path, data: bytes, not_before: float, lock: LiveLock | None) -> None:
+    def submit(self, path: Path, data: bytes, lock: LiveLock | None) -> None:
         with self.cond:
-            queued = path in self.pending
-            self.pending[path] = (data, not_before, lock)
-            if not queued:  # a queued path is already on the thread's schedule: no wake-up
-                self.cond.notify()
+            self.pending[path] = (data, lock)
+            self.cond.notify()
             if self.thread is None or self.pid != os.getpid():  # none yet, or we are a forked child
                 self.pid = os.getpid()
                 self.thread = threading.Thread(target=self._run, name="deliberate-record", daemon=True)
                 self.thread.start()
 
-    def _next(self) -> tuple[Path, bytes, LiveLock | None]:
-        """The next snapshot due (called holding ``cond``): waits until one is."""
-        while True:
-            now = time.monotonic()
-            due = [p for p, (_, at, _) in self.pending.items() if at <= now and p not in self.busy]
-            if due:
-                data, _, lock = self.pending.pop(due[0])
-                return due[0], data, lock
-            waits = [at - now for _, at, _ in self.pending.values()]
-            self.cond.wait(min(waits) if waits else None)
-
     def _run(self) -> None:
         while True:
             with self.cond:
-                path, data, lock = self._next()
+                while not (due := [p for p in self.pending if p not in self.busy]):
+                    self.cond.wait()
+                path = due[0]
+                data, lock = self.pending.pop(path)
                 self.busy.add(path)
             try:
                 if lock is not None and not lock.held:
@@ -317,5 +328,8 @@ class _Writer:
                 self.cond.notify_all()
 
 
+# A record's first snapshot waits this long: a run that ends sooner is written once, by its
+# final write, as a new file. Renaming over an existing file is what costs on ext4 (about 1 ms
+# here: it flushes the new file's blocks first); creating one costs a tenth of that.
 FIRST_WRITE_DELAY_S = 0.05
 _WRITER = _Writer()
