@@ -2,10 +2,19 @@
 
 A zero-latency benchmark backend answers instantly, so the time measured is the orchestration:
 for deliberate, template rendering, gateway layers (breaker, retry, budget), events, and
-optionally the run record written after every step; for LangGraph, its graph runtime calling an
-async node that returns a string. Graphs: a 3-step chain and a 5-way fan-out followed by a merge.
+optionally the run record; for LangGraph, its graph runtime calling an async node that returns a
+string. Graphs: a 3-step chain and a 5-way fan-out followed by a merge.
 
-    pip install langgraph   # only for this benchmark
+With the record, each run's file is complete on disk when the run returns (its final write is
+synchronous). Snapshots after steps are encoded on the loop and written by a background thread;
+the first waits 50 ms, so these instant runs are written once each (see docs/records.md).
+
+LangGraph runs each graph twice: bare, and with its SQLite checkpointer saving every step to a
+file (its counterpart of our run record). The ratios compare like with like: ours without the
+record against bare LangGraph, ours with the record against LangGraph with the checkpointer (and,
+for the record, against bare LangGraph too).
+
+    pip install langgraph langgraph-checkpoint-sqlite   # only for this benchmark
     python bench/overhead.py [--iterations 200]
 """
 
@@ -13,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import operator
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -57,22 +68,29 @@ def registry() -> Registry:
                     {"balanced": StrategySpec(name="balanced")}, default_model="z")
 
 
-async def ours(flow_text: str, n: int, record: bool) -> float:
+Runner = Callable[[], Awaitable[float]]
+
+
+def ours(flow_text: str, record: bool) -> Runner:
+    """One run of the flow through deliberate; returns its wall time."""
     reg = registry()
     flow = load_flow_text(flow_text, "bench", reg)
     settings = Settings()
     runs = Path(tempfile.mkdtemp())
-    times = []
-    for _ in range(n):
+
+    async def once() -> float:
         gw = Gateway(reg, settings=settings, backends={"zero": ZeroBackend()})
         t0 = time.perf_counter()
         out = await run_flow_async(flow, {"prompt": "q"}, registry=reg, gateway=gw, runs_dir=runs, record=record)
-        times.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
         assert out.result.status == "succeeded"
-    return statistics.median(times)
+        return elapsed
+
+    return once
 
 
-async def langgraph_time(kind: str, n: int) -> float | None:
+def langgraph(kind: str, saver: Any = None) -> Runner | None:
+    """One run of the same graph in LangGraph (with ``saver`` as its checkpointer)."""
     try:
         from langgraph.graph import END, START, StateGraph
     except ImportError:
@@ -127,34 +145,71 @@ async def langgraph_time(kind: str, n: int) -> float | None:
             g.add_edge(START, f"e{i}")
             g.add_edge(f"e{i}", "merge")
         g.add_edge("merge", END)
-    app = g.compile()
-    times = []
-    for _ in range(n):
+    app = g.compile(checkpointer=saver)
+    runs = iter(range(10**9))
+
+    async def once() -> float:
+        config = {"configurable": {"thread_id": f"run-{next(runs)}"}} if saver is not None else None
         t0 = time.perf_counter()
-        await app.ainvoke({"prompt": "q"})
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        await app.ainvoke({"prompt": "q"}, config)
+        return time.perf_counter() - t0
+
+    return once
+
+
+async def sqlite_saver(stack: contextlib.AsyncExitStack) -> Any:
+    """LangGraph's SQLite checkpointer on a fresh file, or None when it is not installed."""
+    try:
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+    except ImportError:
+        return None
+    path = Path(tempfile.mkdtemp()) / "checkpoints.sqlite"
+    return await stack.enter_async_context(AsyncSqliteSaver.from_conn_string(str(path)))
+
+
+async def measure(runners: dict[str, Runner | None], n: int, blocks: int = 10) -> dict[str, float | None]:
+    """Median run time of each runner, interleaved in blocks so that the machine's load, which
+    drifts on a shared box, falls on every runner alike."""
+    live = {k: r for k, r in runners.items() if r is not None}
+    for r in live.values():  # warm up
+        for _ in range(5):
+            await r()
+    times: dict[str, list[float]] = {k: [] for k in live}
+    for _ in range(blocks):
+        for k, r in live.items():
+            for _ in range(max(1, n // blocks)):
+                times[k].append(await r())
+    return {k: statistics.median(times[k]) if k in times else None for k in runners}
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iterations", type=int, default=200)
     n = ap.parse_args().iterations
-    print(f"median per run over {n} runs; per-step = run time / model-calling steps")
-    print(f"{'graph':10} {'steps':>5} {'ours, no record':>16} {'ours, record':>13} {'langgraph':>10} "
-          f"{'ratio (no rec)':>15} {'ratio (rec)':>12}")
+    print(f"median per run over {n} runs, divided by the model-calling steps; microseconds per step")
+    print(f"{'graph':7} {'steps':>5} | {'ours':>6} {'+record':>8} | {'langgraph':>9} {'+sqlite':>8} | "
+          f"{'ours/lg':>8} {'+record/+sqlite':>16} {'+record/lg':>11}")
+    lg = None
     for label, text, steps in (("chain", CHAIN, 3), ("fanout", FANOUT, 6)):
-        await ours(text, 5, False)  # warm up
-        no_rec = await ours(text, n, False)
-        rec = await ours(text, n, True)
-        lg = await langgraph_time(label, n)
-        def per(t: float, steps: int = steps) -> float:
-            return t / steps * 1e6
+        async with contextlib.AsyncExitStack() as stack:
+            saver = await sqlite_saver(stack)
+            t = await measure({
+                "ours": ours(text, False), "record": ours(text, True), "lg": langgraph(label),
+                "lg_db": langgraph(label, saver) if saver is not None else None,
+            }, n)
+        lg = t["lg"]
 
-        lg_s = f"{per(lg):8.0f}us" if lg else "n/a"
-        r1 = f"{no_rec / lg:14.2f}x" if lg else "n/a (pip install langgraph)"
-        r2 = f"{rec / lg:11.2f}x" if lg else ""
-        print(f"{label:10} {steps:5} {per(no_rec):14.0f}us {per(rec):11.0f}us {lg_s:>10} {r1:>15} {r2:>12}")
+        def us(x: float | None, steps: int = steps) -> str:
+            return f"{x / steps * 1e6:.0f}" if x else "n/a"
+
+        def ratio(a: float | None, b: float | None) -> str:
+            return f"{a / b:.2f}x" if a and b else "n/a"
+
+        print(f"{label:7} {steps:5} | {us(t['ours']):>6} {us(t['record']):>8} | {us(t['lg']):>9} "
+              f"{us(t['lg_db']):>8} | {ratio(t['ours'], t['lg']):>8} {ratio(t['record'], t['lg_db']):>16} "
+              f"{ratio(t['record'], t['lg']):>11}")
+    if not lg:
+        print("langgraph is not installed: pip install langgraph langgraph-checkpoint-sqlite")
     print("target: ours at most 0.25x LangGraph's per-step overhead")
 
 

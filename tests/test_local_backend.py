@@ -7,6 +7,7 @@ session loads the converted folder. The only fake here is NVML's answer, to play
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -178,7 +179,7 @@ async def test_context_window_and_timeout(shared: Any) -> None:
     with pytest.raises(CapacityError, match="context window of 10"):
         await shared.generate(call(PROMPTS[0], the_spec=spec(context_window=10)))
     with pytest.raises(ProviderError, match="timed out") as err:
-        await shared.generate(call(PROMPTS[0], max_tokens=16).model_copy(update={"timeout_s": 1e-6}))
+        await shared.generate(dataclasses.replace(call(PROMPTS[0], max_tokens=16), timeout_s=1e-6))
     assert err.value.transient
 
 

@@ -104,7 +104,8 @@ async def run_flow_async(
     from .logs import EventLog, configure
 
     configure(settings)
-    engine = Engine(gateway, [recorder, EventLog(), *(subscribers or [])],
+    event_log = [EventLog()] if EventLog.wanted() else []  # checked once a run, not once an event
+    engine = Engine(gateway, [recorder, *event_log, *(subscribers or [])],
                     history=lambda f, n: recent_history(runs, f, n))
     result = await engine.run(loaded, values, options, preset=preset, parent_run_id=parent_run_id, run_id=run_id)
     return RunOutcome(result, recorder.path, recorder)

@@ -55,6 +55,11 @@ def configure(settings: Settings) -> None:
 class EventLog:
     """Subscriber: one log line per engine event (tokens at DEBUG)."""
 
+    @staticmethod
+    def wanted() -> bool:
+        """Whether the log takes engine events at all (INFO and below)."""
+        return log.isEnabledFor(logging.INFO)
+
     def __call__(self, event: Any) -> None:
         name = type(event).__name__
         level = logging.DEBUG if name == "Token" else logging.INFO

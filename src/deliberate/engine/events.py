@@ -44,7 +44,8 @@ class RunStarted(Event):
 @dataclass(slots=True, kw_only=True)
 class CallInfo:
     """One answered model call, as the record keeps it (``records.schema.CallRecord`` reads it
-    back, with the call's round, branch, item and attempt)."""
+    back): what was asked and answered, and its place in the step (round, fan-out branch and item,
+    judge attempt)."""
 
     model_key: str
     model_requested: str | None = None
@@ -66,6 +67,10 @@ class CallInfo:
     attempts: list[Attempt] = field(default_factory=list)
     started_at: float = 0.0
     finished_at: float = 0.0
+    round: int = 1
+    branch: int | None = None
+    item: Any = None
+    attempt: int = 1
 
 
 @dataclass(slots=True, kw_only=True)

@@ -196,7 +196,15 @@ class _Run:
         pending = dict(nodes)
         try:
             while pending or running:
-                for name in [n for n, d in pending.items() if d <= done]:
+                ready = [n for n, d in pending.items() if d <= done]
+                if len(ready) == 1 and not running and ready[0] != LOOP:
+                    # the only thing to do (a chain): run it here, without a task of its own; a
+                    # rounds block always gets its own task, since it sets the round in its context
+                    del pending[ready[0]]
+                    await runner(ready[0])
+                    done.add(ready[0])
+                    continue
+                for name in ready:
                     del pending[name]
                     running[asyncio.create_task(runner(name), name=name)] = name
                 if not running:
@@ -372,23 +380,23 @@ class _Run:
 
     def account(self, name: str, request: GenerationRequest, result: GenerationResult, started: float,
                 branch: int | None, item: Any, attempt: int) -> None:
-        usage, counts = result.usage, self.counts
+        usage, timings, counts = result.usage, result.timings, self.counts
         counts["calls"] += 0 if result.cache_hit else 1
         counts["prompt_tokens"] += usage.prompt_tokens
         counts["completion_tokens"] += usage.completion_tokens
         counts["cost_usd"] += usage.cost_usd
+        rnd, item = self.round, _jsonable(item)
         info = CallInfo(
             model_key=result.model_resolved, model_requested=request.model_key, model_name=result.model_name,
             source=result.source, strategy=result.strategy, sampling=result.sampling,
             max_tokens=result.max_tokens, messages=request.messages, text=result.text,
-            prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens,
-            cost_usd=result.usage.cost_usd, load_time=result.timings.load_time,
-            inference_time=result.timings.inference_time, total_time=result.timings.total_time,
-            cache_hit=result.cache_hit, finish_reason=result.finish_reason, attempts=result.attempts,
-            started_at=started, finished_at=time.time(),
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            cost_usd=usage.cost_usd, load_time=timings.load_time, inference_time=timings.inference_time,
+            total_time=timings.total_time, cache_hit=result.cache_hit, finish_reason=result.finish_reason,
+            attempts=result.attempts, started_at=started, finished_at=time.time(),
+            round=rnd, branch=branch, item=item, attempt=attempt,
         )
-        self.emit(CallFinished(step=name, round=self.round, branch=branch, item=_jsonable(item),
-                               attempt=attempt, call=info))
+        self.emit(CallFinished(step=name, round=rnd, branch=branch, item=item, attempt=attempt, call=info))
 
     async def generate_step(self, name: str, step: Step) -> Any:
         if step.for_each is None:

@@ -2,12 +2,19 @@
 
 The seam is as small as httpx's transport: a backend is one async method,
 ``generate(call, on_token) -> Reply``. Streaming is the same method with an ``on_token`` callback.
-A test backend is therefore a few lines (see tests/helpers/scripted.py).
+A test backend is therefore a few lines (see tests/plugins/deliberate_scripted).
+
+What callers hand in (``GenerationRequest``, ``Message``) is validated by pydantic. What the gateway
+and backends build themselves (``BackendCall``, ``Reply``, ``GenerationResult`` and its parts) are
+slotted dataclasses: a model call builds six of them, and validating facts we just computed would
+cost more than the engine's whole orchestration (``bench/overhead.py``). Their JSON form comes from
+:func:`pydantic_core.to_jsonable_python`; the response cache reads them back with a TypeAdapter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,7 +66,8 @@ class GenerationRequest(_Model):
         return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
 
 
-class Timings(_Model):
+@dataclass(slots=True, kw_only=True)
+class Timings:
     """Seconds spent: loading the model, generating, and in all (retries included)."""
 
     load_time: float = 0.0
@@ -67,7 +75,8 @@ class Timings(_Model):
     total_time: float = 0.0
 
 
-class Usage(_Model):
+@dataclass(slots=True, kw_only=True)
+class Usage:
     """Tokens and cost of one answered call."""
 
     prompt_tokens: int = 0
@@ -75,7 +84,8 @@ class Usage(_Model):
     cost_usd: float = 0.0
 
 
-class Attempt(_Model):
+@dataclass(slots=True, kw_only=True)
+class Attempt:
     """One try at one model: which model, how it ended, how long it took."""
 
     model_key: str
@@ -95,7 +105,8 @@ class GatewayEvent(_Model):
     at: float = 0.0
 
 
-class GenerationResult(_Model):
+@dataclass(slots=True, kw_only=True)
+class GenerationResult:
     """What the gateway returns (the seed's contract)."""
 
     text: str
@@ -107,22 +118,21 @@ class GenerationResult(_Model):
     model_resolved: str
     model_name: str = ""
     strategy: str = ""
-    sampling: Sampling = Field(default_factory=Sampling)
+    sampling: Sampling = field(default_factory=Sampling)
     max_tokens: int = 0
     finish_reason: str | None = None
-    attempts: list[Attempt] = Field(default_factory=list)
-    events: list[GatewayEvent] = Field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    events: list[GatewayEvent] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
 # The backend seam
 
 
-class BackendCall(_Model):
+@dataclass(slots=True, kw_only=True)
+class BackendCall:
     """A call resolved by the gateway and handed to one backend: everything it needs, nothing
     about flows or other backends."""
-
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     model_key: str
     spec: Any  # deliberate.registry.ModelSpec (kept Any so contracts import no registry)
@@ -132,8 +142,9 @@ class BackendCall(_Model):
     timeout_s: float | None = None
 
 
-class Reply(_Model):
-    """What a backend answers."""
+@dataclass(slots=True, kw_only=True)
+class Reply:
+    """What a backend answers (the gateway checks that ``text`` is a string)."""
 
     text: str
     prompt_tokens: int = 0

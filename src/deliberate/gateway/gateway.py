@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -245,10 +246,9 @@ class Gateway:
                 attempts.append(Attempt(model_key=spec.key, ok=True, seconds=0.0))
                 if on_token:
                     on_token(hit.text)
-                return hit.model_copy(update={
-                    "cache_hit": True, "usage": hit.usage.model_copy(update={"cost_usd": 0.0}),
-                    "attempts": attempts, "events": events, "strategy": strategy.name,
-                    "timings": hit.timings.model_copy(update={"total_time": time.perf_counter() - started})})
+                return replace(hit, cache_hit=True, usage=replace(hit.usage, cost_usd=0.0), attempts=attempts,
+                               events=events, strategy=strategy.name,
+                               timings=replace(hit.timings, total_time=time.perf_counter() - started))
 
         reserved = 0.0
         if self.budget.max_cost_usd is not None:
@@ -273,16 +273,16 @@ class Gateway:
         if request_timeout is not None:
             timeout = min(timeout or request_timeout, request_timeout)
 
-        async def once() -> Any:
-            async def inner() -> Any:
-                if timeout is None:
+        async def inner() -> Any:
+            if timeout is None:
+                return await backend.generate(call, on_token)
+            try:
+                async with asyncio.timeout(timeout):  # unlike wait_for (3.11), no task of its own
                     return await backend.generate(call, on_token)
-                try:
-                    return await asyncio.wait_for(backend.generate(call, on_token), timeout)
-                except TimeoutError:
-                    raise ProviderError(f"no answer from {spec.key} within {timeout:g}s",
-                                        transient=True) from None
+            except TimeoutError:
+                raise ProviderError(f"no answer from {spec.key} within {timeout:g}s", transient=True) from None
 
+        async def once() -> Any:
             if rate is None:
                 return await breaker.call(inner)
             async with rate:
@@ -315,6 +315,12 @@ class Gateway:
                                         error_type="ProviderError", seconds=time.perf_counter() - t0))
                 raise err from exc
             elapsed = time.perf_counter() - t0
+            if not isinstance(getattr(reply, "text", None), str):
+                err = ProviderError(f"backend {backend.name} answered {type(reply).__name__}, not a Reply with text",
+                                    where=f"backend {backend.name}")
+                attempts.append(Attempt(model_key=spec.key, ok=False, error=err.line(), error_type="ProviderError",
+                                        seconds=elapsed))
+                raise err
             attempts.append(Attempt(model_key=spec.key, ok=True, seconds=elapsed))
             cost = reply.cost_usd
             if cost is None:

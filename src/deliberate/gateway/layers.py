@@ -7,6 +7,7 @@ Each is tested alone (tests/test_gateway_layers.py) and composed in one place,
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -159,6 +160,13 @@ class Budget:
             )
 
 
+@functools.cache
+def _result_adapter() -> Any:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(GenerationResult)
+
+
 class ResponseCache:
     """An on-disk cache of answers to deterministic calls (temperature 0 or a fixed seed)."""
 
@@ -176,7 +184,7 @@ class ResponseCache:
     def get(self, key: str) -> GenerationResult | None:
         path = self._path(key)
         try:
-            return GenerationResult.model_validate_json(path.read_text())
+            return _result_adapter().validate_json(path.read_bytes())
         except (OSError, ValueError):
             return None
 
@@ -185,7 +193,7 @@ class ResponseCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
-            fh.write(result.model_dump_json())
+            fh.write(_result_adapter().dump_json(result).decode())
         os.replace(tmp, path)
 
     def entries(self) -> list[Path]:

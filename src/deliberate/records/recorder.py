@@ -12,7 +12,6 @@ import asyncio
 import os
 import threading
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from ..config import scrub, secret_values
 from ..engine.events import (
     CallFailed,
     CallFinished,
-    CallInfo,
     Event,
     GatewayNotice,
     JudgeScored,
@@ -40,7 +38,7 @@ from ..engine.values import as_text, from_json
 from .schema import RECORD_KIND, SCHEMA_VERSION, RunRecord
 from .store import LiveLock, record_path, write_atomic
 
-_CALL_FIELDS = tuple(f.name for f in fields(CallInfo))
+_TOTALLED = ("cache_hit", "prompt_tokens", "completion_tokens", "cost_usd")
 # fixed once the run has started; everything else is the "tail", encoded on every snapshot
 _HEAD = ("schema_version", "kind", "run_id", "parent_run_id", "created_at", "flow_name", "flow_source",
          "flow_hash", "flow", "inputs", "options", "order", "output_step", "reused_steps",
@@ -93,57 +91,63 @@ class Recorder:
 
     # -- events -------------------------------------------------------------------------------
     def __call__(self, event: Event) -> None:
+        handler = _STEP_HANDLERS.get(type(event))
+        if handler is not None:
+            if self.data is not None:
+                step = self.data["steps"].get(event.step)  # type: ignore[attr-defined]
+                if step is not None:
+                    handler(self, event, step)
+            return
         if isinstance(event, RunStarted):
             self._start(event)
+        elif self.data is None:
             return
-        rec = self.data
-        if rec is None:
-            return
-        step: dict[str, Any] | None = rec["steps"].get(getattr(event, "step", None) or "")
-        if isinstance(event, StepStarted) and step is not None:
-            if step["started_at"] is None or event.round > step["round"]:
-                step["started_at"] = event.at
-            step["status"], step["round"] = "running", event.round
-            self._changed(step)
-        elif isinstance(event, CallFinished) and step is not None:
-            info = event.call
-            call = {f: getattr(info, f) for f in _CALL_FIELDS}
-            call.update(round=event.round, branch=event.branch, item=event.item, attempt=event.attempt)
-            step["calls"].append(call)
-            self._changed(step)
-        elif isinstance(event, CallFailed) and step is not None:
-            step["failures"].append({"round": event.round, "branch": event.branch, "error": event.error,
-                                     "error_type": event.error_type})
-            self._changed(step)
-        elif isinstance(event, StepFinished) and step is not None:
-            self._step_finished(event, step)
-        elif isinstance(event, StepSkipped) and step is not None:
-            step.update(status="skipped", skipped_when=event.when, decided_by=event.decided_by,
-                        value={"type": "text", "text": ""}, output="", finished_at=event.at)
-            self._changed(step, save=True)
-        elif isinstance(event, StepFailed) and step is not None:
-            step.update(status="failed", error=event.error, error_type=event.error_type, finished_at=event.at)
-            self._changed(step, save=True)
-        elif isinstance(event, JudgeScored) and step is not None:
-            step["judge"].append({"attempt": event.attempt, "score": event.score, "threshold": event.threshold,
-                                  "passed": event.passed, "feedback": event.feedback})
-            self._changed(step)
-        elif isinstance(event, VoteDecided) and step is not None:
-            step["vote"] = {"counts": event.counts, "winner": event.winner, "tie": event.tie,
-                            "tie_rule": event.tie_rule, "tied": event.tied}
-            self._changed(step)
         elif isinstance(event, RoundFinished):
-            rec["rounds"].append({"round": event.round, "stop_reason": event.stop_reason,
-                                  "until_value": event.until_value, "at": event.at})
+            self.data["rounds"].append({"round": event.round, "stop_reason": event.stop_reason,
+                                        "until_value": event.until_value, "at": event.at})
             for name, value in event.outputs.items():
-                rec["steps"][name]["rounds"].append({"round": event.round, "value": value})
-                self._changed(rec["steps"][name])
+                self.data["steps"][name]["rounds"].append({"round": event.round, "value": value})
+                self._changed(self.data["steps"][name])
             self._changed(None, save=True)
         elif isinstance(event, GatewayNotice):
-            rec["events"].append(event.event)
+            self.data["events"].append(event.event)
             self._changed(None)
         elif isinstance(event, RunFinished):
             self._finish(event)
+
+    def _step_started(self, event: StepStarted, step: dict[str, Any]) -> None:
+        if step["started_at"] is None or event.round > step["round"]:
+            step["started_at"] = event.at
+        step["status"], step["round"] = "running", event.round
+        self._changed(step)
+
+    def _call_finished(self, event: CallFinished, step: dict[str, Any]) -> None:
+        step["calls"].append(event.call)  # encoded as it is; read back as a CallRecord
+        self._changed(step)
+
+    def _call_failed(self, event: CallFailed, step: dict[str, Any]) -> None:
+        step["failures"].append({"round": event.round, "branch": event.branch, "error": event.error,
+                                 "error_type": event.error_type})
+        self._changed(step)
+
+    def _step_skipped(self, event: StepSkipped, step: dict[str, Any]) -> None:
+        step.update(status="skipped", skipped_when=event.when, decided_by=event.decided_by,
+                    value={"type": "text", "text": ""}, output="", finished_at=event.at)
+        self._changed(step, save=True)
+
+    def _step_failed(self, event: StepFailed, step: dict[str, Any]) -> None:
+        step.update(status="failed", error=event.error, error_type=event.error_type, finished_at=event.at)
+        self._changed(step, save=True)
+
+    def _judge_scored(self, event: JudgeScored, step: dict[str, Any]) -> None:
+        step["judge"].append({"attempt": event.attempt, "score": event.score, "threshold": event.threshold,
+                              "passed": event.passed, "feedback": event.feedback})
+        self._changed(step)
+
+    def _vote_decided(self, event: VoteDecided, step: dict[str, Any]) -> None:
+        step["vote"] = {"counts": event.counts, "winner": event.winner, "tie": event.tie,
+                        "tie_rule": event.tie_rule, "tied": event.tied}
+        self._changed(step)
 
     def _start(self, event: RunStarted) -> None:
         if self.base is not None and self.base.run_id == event.run_id:
@@ -198,7 +202,9 @@ class Recorder:
                    finished_at=event.at)
         # Totals from the recorded calls: a resumed run counts what it did before, too.
         steps = rec["steps"].values()
-        calls = [c for s in steps for c in s["calls"]]
+        # calls of this run are CallInfo objects; a resumed record's earlier ones are dicts
+        calls = [c if isinstance(c, dict) else {f: getattr(c, f) for f in _TOTALLED}
+                 for s in steps for c in s["calls"]]
         totals = event.totals.model_dump()
         totals.update(
             steps=sum(1 for s in steps if s["status"] in ("succeeded", "reused")),
@@ -269,6 +275,14 @@ class Recorder:
 
     def text(self) -> str:
         return self.encoded().decode()
+
+
+_STEP_HANDLERS: dict[type, Any] = {
+    StepStarted: Recorder._step_started, CallFinished: Recorder._call_finished,
+    CallFailed: Recorder._call_failed, StepFinished: Recorder._step_finished,
+    StepSkipped: Recorder._step_skipped, StepFailed: Recorder._step_failed,
+    JudgeScored: Recorder._judge_scored, VoteDecided: Recorder._vote_decided,
+}
 
 
 class _Writer:

@@ -18,8 +18,8 @@ class _Model(BaseModel):
 
 
 class CallRecord(_Model):
-    """One answered model call: the engine's ``CallInfo`` with its place in the step (a test
-    keeps the two field lists in step)."""
+    """One answered model call: the engine's ``CallInfo`` as written (a test keeps the two field
+    lists in step)."""
 
     model_key: str
     model_requested: str | None = None
