@@ -34,7 +34,9 @@ class Message(_Model):
 
 
 class Constraints(_Model):
-    """Limits a caller puts on one call."""
+    """Limits a caller puts on one call. Frozen, so requests share the empty default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_vram_gb: float | None = None
     latency_budget_s: float | None = None
@@ -52,7 +54,7 @@ class GenerationRequest(_Model):
     seed: int | None = None
     task_type: str | None = None
     context: dict[str, Any] = Field(default_factory=dict)
-    constraints: Constraints = Field(default_factory=Constraints)
+    constraints: Constraints = Constraints()
 
     @classmethod
     def from_prompt(cls, prompt: str, *, system: str | None = None, **kw: Any) -> GenerationRequest:
