@@ -194,6 +194,8 @@ async def test_cost_comes_from_the_cost_profile(server: FakeLLM) -> None:
     gw = gateway(openai_model("priced", server, cost_profile=profile))
     result = await gw.generate(ask())
     assert result.usage.cost_usd == pytest.approx(1000 * 2e-6 + 500 * 10e-6)
+    # the profile's price is handed to litellm (sparing it a price-map search), never to the server
+    assert not {"input_cost_per_token", "output_cost_per_token"} & set(server.requests[-1].body)
 
 
 async def test_cost_comes_from_litellms_price_map_without_a_profile(server: FakeLLM) -> None:

@@ -60,10 +60,25 @@ def read_text(path: Path) -> str:
         ) from None
 
 
+# libyaml's parser when PyYAML has it (about 10x faster); its nodes carry the same marks
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _compose(text: str) -> Any:
+    try:
+        return yaml.compose(text, Loader=_LOADER)
+    except yaml.YAMLError:
+        if _LOADER is yaml.SafeLoader:
+            raise
+        # Bad YAML: the pure-Python parser says what is wrong in more words ("found character
+        # '\t' ..."), which the hints build on. Errors are rare; parsing twice costs nothing.
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
 def load_yaml_text(text: str, name: str) -> tuple[Any, Marks]:
     """Parse YAML text into plain data and a map of path -> (line, column), 1-based."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)

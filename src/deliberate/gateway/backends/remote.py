@@ -136,15 +136,20 @@ class RemoteBackend:
                 if getattr(chunk, "usage", None) is not None:
                     usage = chunk.usage
                 choices = getattr(chunk, "choices", None) or []
-                if not choices:
-                    continue
-                piece = getattr(choices[0].delta, "content", None)
-                if choices[0].finish_reason:
-                    finish = str(choices[0].finish_reason)
-                if piece:
-                    parts.append(piece)
-                    if on_token is not None:
-                        on_token(piece)  # a callback's own error is the caller's, not the provider's
+                if choices:
+                    piece = getattr(choices[0].delta, "content", None)
+                    if choices[0].finish_reason:
+                        finish = str(choices[0].finish_reason)
+                    if piece:
+                        parts.append(piece)
+                        if on_token is not None:
+                            on_token(piece)  # a callback's own error is the caller's, not the provider's
+                if finish is not None and usage is not None:
+                    # The answer is whole: litellm sends the finish reason only once the server's
+                    # stream is read, and the usage after it. Reading on would only run litellm's
+                    # bookkeeping (a second rebuild of the stream, its cost, a success-logging
+                    # task on the event loop), about a third of its CPU time per call.
+                    break
         finally:
             if stream is not None and hasattr(stream, "aclose"):
                 try:
@@ -234,6 +239,11 @@ def _request(call: BackendCall, provider: str, key: str | None) -> dict[str, Any
         kwargs["seed"] = sampling.seed
     if sampling.top_k is not None and provider in _TOP_K_PROVIDERS:
         kwargs["top_k"] = sampling.top_k
+    if spec.cost_profile is not None:
+        # litellm prices every call for its own logging; a per-call price spares it a search of
+        # its price map (dozens of fallback lookups for a model it does not know). Not sent.
+        kwargs["input_cost_per_token"] = spec.cost_profile.input_per_million / 1e6
+        kwargs["output_cost_per_token"] = spec.cost_profile.output_per_million / 1e6
     if spec.api_base:
         kwargs["api_base"] = spec.api_base
     if key is not None:
