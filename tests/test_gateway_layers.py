@@ -86,3 +86,22 @@ async def test_bad_requests_and_cancellations_do_not_count() -> None:
     assert b.state == "closed" and b.cb.fail_counter == 0 and events == []
     await fail(b)
     assert b.state == "open"
+
+
+async def test_a_backend_that_answers_no_reply_is_a_provider_error() -> None:
+    from deliberate.config import Settings
+    from deliberate.gateway import Gateway, GenerationRequest
+    from deliberate.registry import Limits, ModelSpec, Registry, StrategySpec
+
+    class Broken:
+        name = "broken"
+
+        async def generate(self, call: Any, on_token: Any = None) -> Any:
+            return {"text": "a dict is not a Reply"}
+
+    reg = Registry({"m": ModelSpec(key="m", provider="broken", context_window=1000)},
+                   {"s": StrategySpec(name="s", limits=Limits(max_retries=0))}, default_model="m",
+                   default_strategy="s")
+    gw = Gateway(reg, settings=Settings(), backends={"broken": Broken()})
+    with pytest.raises(ProviderError, match="backend broken answered dict, not a Reply"):
+        await gw.generate(GenerationRequest.from_prompt("hi"))
