@@ -141,6 +141,10 @@ async def test_concurrent_calls_load_once_and_batch_like_one_by_one(first_load: 
     assert b.load_count == 1, "three cold calls, one load"
     assert sum(not r.model_cache_hit for r in gathered) == 1
     assert b.batch_sizes == [3], "the three calls shared one generate"
+    from deliberate.gateway.backends.local_kernels import packed_linear_ops
+
+    # one-by-one and batched go through the same packed oneDNN linears, and must agree exactly
+    assert b.loaded()[0].kernels == ("onednn-packed" if packed_linear_ops() else "torch")
     one_by_one = [await b.generate(call(p, max_tokens=10)) for p in PROMPTS]
     assert b.batch_sizes == [3, 1, 1, 1]
     assert [r.text for r in gathered] == [r.text for r in one_by_one]

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     home: Path | None = Field(None, validation_alias=_env("DELIBERATE_HOME"))
     runs_dir: Path = Field(Path("runs"), validation_alias=_env("DELIBERATE_RUNS_DIR"))
     record_fsync: bool = Field(False, validation_alias=_env("DELIBERATE_RECORD_FSYNC"))
+    onednn: bool = Field(True, validation_alias=_env("DELIBERATE_ONEDNN"))
     cache: bool = Field(False, validation_alias=_env("DELIBERATE_CACHE"))
     cache_dir: Path | None = Field(None, validation_alias=_env("DELIBERATE_CACHE_DIR"))
 

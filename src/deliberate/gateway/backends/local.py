@@ -48,6 +48,7 @@ from .local_batching import (
     _RowStop,
     _RowStreamer,
 )
+from .local_kernels import pack_linears
 from .local_sources import (
     MARKER,
     LoadedModel,
@@ -379,6 +380,12 @@ class LocalBackend:
             fresh = None
             notify(f"loading {source.name} on {device} ({plan.dtype}, quantization {plan.quantization}) ...")
             model, tokenizer = _load_folder(folder, plan, device)
+        memory = model.get_memory_footprint()
+        kernels = "torch"
+        if device == "cpu" and plan.dtype == "float32" and self.settings.onednn:
+            packed, extra = pack_linears(model)
+            if packed:
+                kernels, memory = "onednn-packed", memory + extra
         eos = _eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
         lm = _Loaded(
@@ -392,10 +399,11 @@ class LocalBackend:
             folder=folder,
             load_path=load_path,
             load_time=time.monotonic() - start,
-            memory_gb=model.get_memory_footprint() / GB,
+            memory_gb=memory / GB,
             name=source.name,
             eos=eos,
             pad_id=int(pad),
+            kernels=kernels,
         )
         lm.batcher = _Batcher(
             lambda jobs: self._run_batch(lm, jobs), self.batch_window_s, self.max_batch_size, lm.name

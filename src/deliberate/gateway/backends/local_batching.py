@@ -171,6 +171,7 @@ class _Loaded:
     name: str
     eos: set[int]
     pad_id: int
+    kernels: str = "torch"
     in_use: int = 0
     tok_lock: threading.Lock = field(default_factory=threading.Lock)
     batcher: _Batcher | None = None
@@ -204,6 +205,7 @@ class _Loaded:
             memory_gb=round(self.memory_gb, 3),
             load_time=round(self.load_time, 3),
             reason=self.plan.reason,
+            kernels=self.kernels,
             calls_in_flight=self.in_use,
         )
 

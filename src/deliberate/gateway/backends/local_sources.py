@@ -45,6 +45,7 @@ class LoadedModel(BaseModel):
     memory_gb: float
     load_time: float
     reason: str
+    kernels: str = "torch"  # "onednn-packed": fp32 linears packed for oneDNN (local_kernels)
     calls_in_flight: int = 0
 
 

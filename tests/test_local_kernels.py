@@ -1,0 +1,54 @@
+"""Packed oneDNN linears (local_kernels): same results as the dense layers they replace, a tied
+weight stays shared and is counted as extra memory, quantized and non-fp32 layers are left alone,
+and DELIBERATE_ONEDNN=0 keeps torch's own linears."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from deliberate.gateway.backends.local_kernels import pack_linears, packed_linear_ops  # noqa: E402
+
+pytestmark = pytest.mark.skipif(packed_linear_ops() is None, reason="this torch has no oneDNN linear ops")
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 16)
+        self.up = torch.nn.Linear(16, 32)
+        self.down = torch.nn.Linear(32, 16, bias=False)
+        self.low = torch.nn.Linear(16, 16).to(torch.bfloat16)
+        self.head = torch.nn.Linear(16, 50, bias=False)
+        self.head.weight = self.embed.weight  # tied, as in SmolLM2
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.down(torch.relu(self.up(self.embed(ids)))))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 7])
+def test_packed_linears_compute_what_the_dense_ones_did(rows: int) -> None:
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    ids = torch.randint(0, 50, (rows, 5))
+    with torch.inference_mode():
+        before = model(ids)
+        count, extra = pack_linears(model)
+        after = model(ids)
+    assert count == 3  # up, down, head; not the bf16 one
+    assert extra == 50 * 16 * 4  # the tied head's packed copy: the embedding keeps the dense weight
+    assert type(model.low) is torch.nn.Linear and model.embed.weight.shape == (50, 16)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_of_a_batch_match_the_same_rows_alone() -> None:
+    """What batched greedy decoding relies on: a row's result does not depend on its batch."""
+    torch.manual_seed(1)
+    model = Tiny().eval()
+    pack_linears(model)
+    ids = torch.randint(0, 50, (3, 4))
+    with torch.inference_mode():
+        together = model(ids)
+        alone = torch.cat([model(ids[i : i + 1]) for i in range(3)])
+    assert torch.equal(together, alone)
