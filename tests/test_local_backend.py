@@ -201,6 +201,15 @@ async def test_a_cancelled_call_stops_and_frees_the_model(shared: Any) -> None:
     assert time.monotonic() - start < 60
 
 
+@needs_model
+async def test_onednn_off_keeps_torchs_linears(first_load: dict[str, Any]) -> None:
+    from deliberate.gateway.backends.local import LocalBackend
+
+    b = LocalBackend(Settings(model_cache_dir=first_load["cache"], onednn=False))
+    reply = await b.generate(call(PROMPTS[0], max_tokens=4))
+    assert b.loaded()[0].kernels == "torch" and reply.text
+
+
 @pytest.mark.slow
 @needs_model
 async def test_4bit_loads_on_cpu_and_check_reports_it(first_load: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """Packed oneDNN linears (local_kernels): same results as the dense layers they replace, a tied
 weight stays shared and is counted as extra memory, quantized and non-fp32 layers are left alone,
-and DELIBERATE_ONEDNN=0 keeps torch's own linears."""
+(DELIBERATE_ONEDNN=0 on the real model: test_local_backend). Also the sampler's top-p nucleus, found without
+sorting the whole vocabulary, is the one a full sort gives."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from deliberate.gateway.backends.local_kernels import pack_linears, packed_linear_ops  # noqa: E402
 
-pytestmark = pytest.mark.skipif(packed_linear_ops() is None, reason="this torch has no oneDNN linear ops")
+needs_onednn = pytest.mark.skipif(packed_linear_ops() is None, reason="this torch has no oneDNN linear ops")
 
 
 class Tiny(torch.nn.Module):
@@ -27,6 +28,7 @@ class Tiny(torch.nn.Module):
         return self.head(self.down(torch.relu(self.up(self.embed(ids)))))
 
 
+@needs_onednn
 @pytest.mark.parametrize("rows", [1, 3, 7])
 def test_packed_linears_compute_what_the_dense_ones_did(rows: int) -> None:
     torch.manual_seed(0)
@@ -42,6 +44,7 @@ def test_packed_linears_compute_what_the_dense_ones_did(rows: int) -> None:
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 
+@needs_onednn
 def test_rows_of_a_batch_match_the_same_rows_alone() -> None:
     """What batched greedy decoding relies on: a row's result does not depend on its batch."""
     torch.manual_seed(1)
@@ -52,3 +55,18 @@ def test_rows_of_a_batch_match_the_same_rows_alone() -> None:
         together = model(ids)
         alone = torch.cat([model(ids[i : i + 1]) for i in range(3)])
     assert torch.equal(together, alone)
+
+
+@pytest.mark.parametrize("scale", [3.0, 8.0, 20.0])  # flat (nucleus > 64 tokens: the full sort) to peaked
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95])
+def test_nucleus_is_the_full_sort_nucleus(scale: float, top_p: float) -> None:
+    from deliberate.gateway.backends.local_batching import nucleus
+
+    torch.manual_seed(2)
+    probs = torch.softmax(torch.randn(49152) * scale, -1)
+    ordered, index = torch.sort(probs, descending=True)  # the textbook way
+    keep = (ordered.cumsum(-1) - ordered) <= top_p
+    expected = torch.zeros_like(probs).scatter(0, index[keep], ordered[keep])
+    weights, ids = nucleus(probs, top_p)
+    got = torch.zeros_like(probs).scatter(0, ids, weights)
+    torch.testing.assert_close(got / got.sum(), expected / expected.sum())

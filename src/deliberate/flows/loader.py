@@ -80,14 +80,38 @@ def check_flow_data(data: Any, marks: Any, name: str, registry: Registry | None)
                       output=output_step(flow, deps))
 
 
+_LOADED: dict[tuple[Any, ...], LoadedFlow] = {}
+
+
 def load_flow(ref: str | Path, registry: Registry | None = None) -> LoadedFlow:
-    """Load and validate a flow by name or path. Raises :class:`FlowError` with every problem."""
+    """Load and validate a flow by name or path. Raises :class:`FlowError` with every problem.
+
+    A process that runs one flow file many times (a library caller, a benchmark) loads it once:
+    the result is kept while the file's size and modification time and the registry's model and
+    strategy names (all the checks look up) stay the same. A LoadedFlow is never changed after
+    loading, so sharing it is safe."""
     path = resolve_flow_path(str(ref))
+    try:
+        st = path.stat()
+    except OSError:
+        st = None
+    key = None
+    if st is not None:
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size,
+               None if registry is None else (tuple(registry.models), tuple(registry.strategies)))
+        hit = _LOADED.get(key)
+        if hit is not None:
+            return hit
     try:
         data, marks = load_yaml_file(path)
     except YamlProblem as exc:
         raise FlowError([exc.problem]) from None
-    return check_flow_data(data, marks, str(path), registry)
+    loaded = check_flow_data(data, marks, str(path), registry)
+    if key is not None:
+        if len(_LOADED) >= 64:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = loaded
+    return loaded
 
 
 def load_flow_text(text: str, name: str = "<flow>", registry: Registry | None = None) -> LoadedFlow:

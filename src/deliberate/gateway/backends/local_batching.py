@@ -41,6 +41,20 @@ class _Output:
     inference_time: float
 
 
+def nucleus(probs: Any, top_p: float) -> tuple[Any, Any]:
+    """Top-p: the most likely tokens whose mass reaches ``top_p`` (the top one always), as
+    (unnormalised weights, token ids). The nucleus nearly always lies within the top 64, found
+    without sorting the whole vocabulary (a sort per row and step cost 5-8 ms on the built-in
+    model's 49k tokens); the full sort is the fallback."""
+    import torch
+
+    ordered, index = torch.topk(probs, min(64, probs.numel()))
+    if float(ordered.sum()) < top_p:
+        ordered, index = torch.sort(probs, descending=True)
+    drop = (ordered.cumsum(-1) - ordered) > top_p
+    return ordered.masked_fill(drop, 0.0), index
+
+
 class _RowSampler:
     """Samples each row with its own settings and generator; keeps only the chosen token's
     logit, so ``generate``'s greedy pick takes it. Rows with temperature 0 take the argmax."""
@@ -69,14 +83,12 @@ class _RowSampler:
             if s.top_k is not None and s.top_k < row.numel():
                 kth = torch.topk(row, s.top_k).values[-1]
                 row = row.masked_fill(row < kth, float("-inf"))
+            probs = torch.softmax(row, dim=-1)
             if s.top_p < 1.0:
-                ordered, index = torch.sort(row, descending=True)
-                probs = torch.softmax(ordered, dim=-1)
-                drop = (probs.cumsum(-1) - probs) > s.top_p  # the top token always stays
-                row = torch.full_like(row, float("-inf")).scatter(
-                    0, index, ordered.masked_fill(drop, float("-inf"))
-                )
-            choice = torch.multinomial(torch.softmax(row, dim=-1), 1, generator=gen)
+                weights, index = nucleus(probs, s.top_p)
+                choice = index[torch.multinomial(weights, 1, generator=gen)]
+            else:
+                choice = torch.multinomial(probs, 1, generator=gen)
             out[i, int(choice)] = 0.0
         return out
 
