@@ -1,13 +1,12 @@
 """The recorder keeps the record's JSON in pieces (the flow once, each step again only when it
-changed): after every event the pieces must equal a fresh encoding of the whole record. Also: the
-field lists of the engine's CallInfo and the record's CallRecord stay in step, a short run is
-written once and leaves no lock file, and DELIBERATE_RECORD_FSYNC fsyncs the final write."""
+changed): after every event the pieces must equal a fresh encoding of the whole record, and the
+file reads back without losing anything. Also: a short run is written once and leaves no lock
+file, and DELIBERATE_RECORD_FSYNC fsyncs the final write."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,11 @@ from pydantic_core import to_json
 
 from deliberate._api import run_flow_async
 from deliberate.config import Settings
-from deliberate.engine.events import CallInfo, Event
+from deliberate.engine.events import Event
 from deliberate.flows import load_flow_text
 from deliberate.gateway import Gateway
 from deliberate.records.recorder import Recorder
-from deliberate.records.schema import CallRecord, RunRecord
+from deliberate.records.schema import RunRecord
 from test_engine import FANOUT, JUDGED, ROUNDS, registry
 
 RULES = [
@@ -30,10 +29,6 @@ RULES = [
     {"match": "^review: R", "reply": "NO ISSUES"},
     {"match": "^refine:", "reply": "R1"},
 ]
-
-
-def test_call_record_reads_what_call_info_holds() -> None:
-    assert list(CallRecord.model_fields) == [f.name for f in fields(CallInfo)]
 
 
 @pytest.mark.parametrize("flow", [FANOUT, ROUNDS, JUDGED], ids=["fanout", "rounds", "judge"])
@@ -57,7 +52,7 @@ async def test_pieced_encoding_equals_a_fresh_encoding_after_every_event(flow: s
     assert {"StepFinished", "CallFinished", "RunFinished"} <= set(seen)
     on_disk = json.loads(Path("runs", f"{result.run_id}.json").read_text())
     assert on_disk == json.loads(to_json(recorder.data))
-    RunRecord.model_validate(on_disk)  # and it is a valid record
+    assert RunRecord.model_validate(on_disk).model_dump(mode="json") == on_disk  # read back whole
 
 
 async def test_short_run_is_written_once_and_leaves_no_lock(monkeypatch: pytest.MonkeyPatch) -> None:

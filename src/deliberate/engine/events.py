@@ -43,8 +43,8 @@ class RunStarted(Event):
 
 @dataclass(slots=True, kw_only=True)
 class CallInfo:
-    """One answered model call, as the record keeps it (``records.schema.CallRecord`` reads it
-    back): what was asked and answered, and its place in the step (round, fan-out branch and item,
+    """One answered model call, as the record keeps it (``records.schema.CallRecord`` is this
+    class): what was asked and answered, and its place in the step (round, fan-out branch and item,
     judge attempt)."""
 
     model_key: str

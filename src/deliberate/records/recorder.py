@@ -122,7 +122,7 @@ class Recorder:
         self._changed(step)
 
     def _call_finished(self, event: CallFinished, step: dict[str, Any]) -> None:
-        step["calls"].append(event.call)  # encoded as it is; read back as a CallRecord
+        step["calls"].append(event.call)  # encoded as it is; read back as one
         self._changed(step)
 
     def _call_failed(self, event: CallFailed, step: dict[str, Any]) -> None:

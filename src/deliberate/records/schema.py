@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..engine.events import Totals
-from ..gateway.contracts import Attempt, GatewayEvent, Message, Sampling
+from ..engine.events import CallInfo, Totals
+from ..gateway.contracts import GatewayEvent
 
 SCHEMA_VERSION = 1
 RECORD_KIND = "deliberate.run"
@@ -17,34 +17,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CallRecord(_Model):
-    """One answered model call: the engine's ``CallInfo`` as written (a test keeps the two field
-    lists in step)."""
-
-    model_key: str
-    model_requested: str | None = None
-    model_name: str = ""
-    source: str = ""
-    strategy: str = ""
-    sampling: Sampling | None = None
-    max_tokens: int = 0
-    messages: list[Message] = Field(default_factory=list)
-    text: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    load_time: float = 0.0
-    inference_time: float = 0.0
-    total_time: float = 0.0
-    cache_hit: bool = False
-    finish_reason: str | None = None
-    attempts: list[Attempt] = Field(default_factory=list)
-    started_at: float = 0.0
-    finished_at: float = 0.0
-    round: int = 1
-    branch: int | None = None
-    item: Any = None
-    attempt: int = 1
+# One answered model call: the engine's CallInfo is what the record keeps, and pydantic reads the
+# dataclass back from JSON like any model.
+CallRecord = CallInfo
 
 
 class FailureRecord(_Model):

@@ -107,7 +107,7 @@ def write_atomic(path: Path, data: str | bytes, durable: bool = False) -> None:
 
 def save(record: RunRecord, runs_dir: Path) -> Path:
     path = record_path(runs_dir, record.run_id)
-    write_atomic(path, record.model_dump_json(indent=1))
+    write_atomic(path, record.model_dump_json())  # compact, as the recorder writes
     return path
 
 
