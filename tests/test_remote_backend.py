@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import ipaddress
+import json
 import logging
+import os
 import re
 import socket
 import subprocess
@@ -453,3 +455,137 @@ async def test_the_key_may_come_from_the_dotenv_file(server: FakeLLM, monkeypatc
     (tmp_path / ".env").write_text(f"{KEY_ENV}={KEY}\n")
     await gateway(openai_model("remote", server)).generate(ask())
     assert server.requests[-1].headers["authorization"] == f"Bearer {KEY}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole flows: the engine, the gateway and litellm over real HTTP, and the record on disk
+
+
+def registry_of(*models: ModelSpec, fallbacks: list[str] | None = None, retries: int = 1) -> Registry:
+    strategy = StrategySpec(name="test", sampling=Sampling(temperature=0.2),
+                            limits=Limits(max_tokens=16, max_retries=retries, timeout_s=10), fallbacks=fallbacks or [])
+    shipped = Registry.load(Settings())  # the packaged flows name the built-in model as their default
+    return Registry(models={**shipped.models, **{m.key: m for m in models}},
+                    strategies={**shipped.strategies, "test": strategy},
+                    default_model=models[0].key, default_strategy="test")
+
+
+async def run_recorded(flow: str | Path, registry: Registry, runs: Path, gw: Gateway | None = None,
+                       max_cost: float | None = None, prompt: str = "Design a login form.") -> dict[str, Any]:
+    """Run a flow with every step on the registry's first model; the record as written to disk."""
+    from deliberate._api import run_flow_async
+    from deliberate.engine import RunOptions
+
+    settings = Settings(cache=False, circuit_breaker_max_failures=2, circuit_breaker_timeout=1.0)
+    gw = gw or Gateway(registry, settings=settings, backends={"litellm": RemoteBackend(settings)},
+                       retry_base_s=0.01)
+    options = RunOptions(models={"*": registry.default_model}, max_cost=max_cost)
+    outcome = await run_flow_async(flow, {"prompt": prompt}, options, registry=registry, gateway=gw,
+                                   settings=settings, runs_dir=runs)
+    assert outcome.record_path is not None
+    record: dict[str, Any] = json.loads(outcome.record_path.read_text())
+    return record
+
+
+@pytest.mark.parametrize("flavour", ["openai", "anthropic"])
+async def test_the_challenge_flow_runs_end_to_end_through_each_server(server: FakeLLM, flavour: str,
+                                                                      tmp_path: Path) -> None:
+    profile = CostProfile(input_per_million=3.0, output_per_million=15.0)
+    spec = (openai_model if flavour == "openai" else anthropic_model)("remote", server, cost_profile=profile)
+    server.queue(Script(text="Draft: a form with a password field.", prompt_tokens=40, completion_tokens=8),
+                 Script(text="Problem: no rate limit on attempts.", prompt_tokens=60, completion_tokens=7),
+                 Script(text="Final: a form with a rate-limited password check.", prompt_tokens=90,
+                        completion_tokens=9))
+    record = await run_recorded("challenge", registry_of(spec), tmp_path)
+
+    assert record["status"] == "succeeded" and record["output"] == "Final: a form with a rate-limited password check."
+    steps = record["steps"]
+    assert [steps[s]["output"] for s in ("creator", "challenger", "refiner")] == [
+        "Draft: a form with a password field.", "Problem: no rate limit on attempts.",
+        "Final: a form with a rate-limited password check."]
+    # each step's prompt reached the server with the earlier answers wired in
+    bodies = [json.dumps(r.body) for r in server.requests]
+    assert "Draft: a form with a password field." in bodies[1]
+    assert "Problem: no rate limit on attempts." in bodies[2] and "Draft: a form" in bodies[2]
+    # usage as the server reported it and cost from the profile, per call and in the totals
+    calls = [steps[s]["calls"][0] for s in ("creator", "challenger", "refiner")]
+    assert [(c["prompt_tokens"], c["completion_tokens"]) for c in calls] == [(40, 8), (60, 7), (90, 9)]
+    assert all(c["source"] == flavour and c["model_key"] == "remote" for c in calls)
+    for c in calls:
+        assert c["cost_usd"] == pytest.approx(c["prompt_tokens"] * 3e-6 + c["completion_tokens"] * 15e-6)
+    totals = record["totals"]
+    assert (totals["calls"], totals["prompt_tokens"], totals["completion_tokens"]) == (3, 190, 24)
+    assert totals["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in calls))
+    assert KEY not in json.dumps(record)
+
+
+TWO_STEPS = """\
+name: two_steps
+inputs: {prompt: {}}
+steps:
+  first: {prompt: "First: {{ prompt }}"}
+  second: {prompt: "Second, after {{ first }}"}
+output: second
+"""
+
+
+async def test_breaker_fallback_and_probe_land_in_the_record(server: FakeLLM, backup: FakeLLM,
+                                                             tmp_path: Path) -> None:
+    flow = tmp_path / "two_steps.yaml"
+    flow.write_text(TWO_STEPS)
+    primary, spare = openai_model("primary", server), openai_model("spare", backup)
+    registry = registry_of(primary, spare, fallbacks=["spare"], retries=1)
+    settings = Settings(cache=False, circuit_breaker_max_failures=2, circuit_breaker_timeout=1.0)
+    gw = Gateway(registry, settings=settings, backends={"litellm": RemoteBackend(settings)}, retry_base_s=0.01)
+    server.default = Script(status=503)
+
+    # first: two failed attempts open the breaker, the spare answers; second: the open breaker
+    # skips the primary without a request and the spare answers again
+    record = await run_recorded(flow, registry, tmp_path / "runs", gw=gw)
+    assert record["status"] == "succeeded" and server.calls == 2
+    assert [record["steps"][s]["calls"][0]["model_key"] for s in ("first", "second")] == ["spare", "spare"]
+    assert [(e["kind"], e["endpoint"]) for e in record["events"] if e["kind"].startswith("breaker")] == [
+        ("breaker_open", primary.endpoint)]
+    assert [e["model_key"] for e in record["events"] if e["kind"] == "fallback"] == ["spare", "spare"]
+    assert "circuit breaker" in (record["steps"]["second"]["calls"][0]["attempts"][0]["error"] or "")
+
+    # after CIRCUIT_BREAKER_TIMEOUT one probe goes to the primary; it answers and closes the breaker
+    server.default = Script(text="Primary is back.")
+    await asyncio.sleep(1.1)
+    record = await run_recorded(flow, registry, tmp_path / "runs", gw=gw)
+    assert record["status"] == "succeeded" and record["output"] == "Primary is back."
+    assert [e["kind"] for e in record["events"]] == ["breaker_half_open", "breaker_closed"]
+    assert all(record["steps"][s]["calls"][0]["model_key"] == "primary" for s in ("first", "second"))
+
+
+async def test_the_budget_stops_a_flow_and_the_record_says_why(server: FakeLLM, tmp_path: Path) -> None:
+    flow = tmp_path / "two_steps.yaml"
+    flow.write_text(TWO_STEPS)
+    server.default = Script(completion_tokens=16)
+    spec = openai_model("priced", server, cost_profile=CostProfile(input_per_million=0.0, output_per_million=1000.0))
+    record = await run_recorded(flow, registry_of(spec), tmp_path / "runs", max_cost=0.02)
+
+    assert record["status"] == "failed" and record["error_type"] == "BudgetExceeded"
+    assert server.calls == 1  # the second call was refused before any request
+    assert record["steps"]["first"]["status"] == "succeeded"
+    assert record["steps"]["second"]["status"] == "failed"
+    assert record["totals"]["cost_usd"] == pytest.approx(0.016)
+
+
+def test_the_cli_runs_a_flow_on_a_remote_model_from_models_yaml(server: FakeLLM, tmp_path: Path) -> None:
+    (tmp_path / "models.yaml").write_text(
+        f"remote:\n  provider: litellm\n  litellm_model: openai/test-model\n  api_base: {server.openai_base}\n"
+        f"  api_key_env: {KEY_ENV}\n  context_window: 8192\n  default_strategy: balanced\n"
+        "  cost_profile: {input_per_million: 1.0, output_per_million: 2.0}\n")
+    server.default = Script(text="Remote answer.", prompt_tokens=10, completion_tokens=3)
+    env = {**os.environ, KEY_ENV: KEY, "DELIBERATE_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
+    out = subprocess.run([sys.executable, "-m", "deliberate", "run", "challenge", "Design a login form.",
+                          "--model", "remote", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["status"] == "succeeded" and doc["output"] == "Remote answer."
+    assert server.calls == 3 and all(r.body["model"] == "test-model" for r in server.requests)
+    record = json.loads(Path(tmp_path, doc["record"]).read_text())
+    assert record["totals"]["prompt_tokens"] == 30 and record["totals"]["cost_usd"] == pytest.approx(3 * 16e-6)
+    assert KEY not in out.stdout + out.stderr and KEY not in json.dumps(record)

@@ -10,6 +10,7 @@ pytest's cache and keyed by the GGUF's size and mtime. litellm reaches the serve
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -163,3 +164,32 @@ async def test_a_refusal_from_transformers_serve_is_not_retried(served: tuple[st
         await gw.generate(GenerationRequest.from_prompt("Hi"))
     assert "pinned" in caught.value.line()
     assert gw.breaker_state(_spec(api_base, model).endpoint) == "closed"
+
+
+async def test_a_flow_runs_through_transformers_serve(served: tuple[str, str], tmp_path: Path) -> None:
+    """The challenge flow, every step on the served model, recorded: the documented way to scale out."""
+    from deliberate._api import run_flow_async
+    from deliberate.engine import RunOptions
+
+    api_base, model = served
+    spec = _spec(api_base, model)
+    strategy = StrategySpec(name="greedy", sampling=Sampling(temperature=0.0),
+                            limits=Limits(max_tokens=8, timeout_s=90, max_retries=0))
+    settings = Settings(cache=False)
+    shipped = Registry.load(settings)  # challenge names the built-in model as its default
+    registry = Registry(models={**shipped.models, spec.key: spec}, strategies={**shipped.strategies, "greedy": strategy},
+                        default_model=spec.key, default_strategy="greedy")
+    gw = Gateway(registry, settings=settings, backends={"litellm": RemoteBackend(settings)})
+    outcome = await run_flow_async("challenge", {"prompt": "Name a prime number."},
+                                   RunOptions(models={"*": spec.key}, strategy="greedy"), registry=registry,
+                                   gateway=gw, settings=settings, runs_dir=tmp_path)
+
+    assert outcome.result.status == "succeeded", outcome.result.error
+    assert outcome.record_path is not None
+    record = json.loads(outcome.record_path.read_text())
+    calls = [record["steps"][s]["calls"][0] for s in ("creator", "challenger", "refiner")]
+    assert all(c["text"].strip() and c["source"] == "openai" and c["model_key"] == spec.key for c in calls)
+    assert all(c["prompt_tokens"] > 0 and 0 < c["completion_tokens"] <= 8 for c in calls)
+    # the creator's answer reached the challenger through the server: its prompt holds it
+    assert calls[0]["text"].strip() in calls[1]["messages"][-1]["content"]
+    assert record["output"] == calls[2]["text"]
