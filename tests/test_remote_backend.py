@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import io
 import ipaddress
 import json
 import logging
@@ -190,6 +191,20 @@ async def test_tokens_stream_in_order_and_join_to_the_text(server: FakeLLM) -> N
     assert sent.body["messages"] == [{"role": "user", "content": "Why deliberate?"}]
 
 
+@pytest.mark.parametrize("flavour", ["openai", "anthropic"])
+async def test_without_a_listener_one_plain_request_answers(server: FakeLLM, flavour: str) -> None:
+    text = "Nobody watches, so nothing streams."
+    server.queue(Script(text=text, prompt_tokens=12, completion_tokens=7))
+    spec = (openai_model if flavour == "openai" else anthropic_model)("remote", server)
+    result = await gateway(spec).generate(ask("Why deliberate?"))
+
+    assert result.text == text and result.source == flavour and result.finish_reason == "stop"
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (12, 7)
+    sent = server.requests[-1].body
+    assert not sent.get("stream") and "stream_options" not in sent
+    assert sent["max_tokens"] == 16
+
+
 async def test_cost_comes_from_the_cost_profile(server: FakeLLM) -> None:
     server.queue(Script(prompt_tokens=1000, completion_tokens=500))
     profile = CostProfile(input_per_million=2.0, output_per_million=10.0)
@@ -243,10 +258,11 @@ async def test_anthropic_end_to_end(server: FakeLLM) -> None:
 # Faults
 
 
-async def test_server_errors_are_retried_until_an_answer(server: FakeLLM) -> None:
+@pytest.mark.parametrize("listen", [True, False], ids=["streamed", "plain"])
+async def test_server_errors_are_retried_until_an_answer(server: FakeLLM, listen: bool) -> None:
     server.queue(Script(status=500), Script(status=500))
     gw = gateway(openai_model("remote", server), retries=2)
-    result = await gw.generate(ask())
+    result = await gw.generate(ask(), on_token=listener(listen))
 
     assert result.text == Script().text and server.calls == 3
     assert [a.ok for a in result.attempts] == [False, False, True]
@@ -307,30 +323,39 @@ async def test_breaker_opens_the_fallback_answers_and_a_probe_closes_it(server: 
     assert kinds(gw, spare.endpoint) == []
 
 
-async def test_a_slow_reply_times_out_as_a_transient_failure(server: FakeLLM) -> None:
+def listener(listen: bool) -> Any:
+    """A token callback when the test streams, None for a plain request."""
+    return (lambda piece: None) if listen else None
+
+
+@pytest.mark.parametrize("listen", [True, False], ids=["streamed", "plain"])
+async def test_a_slow_reply_times_out_as_a_transient_failure(server: FakeLLM, listen: bool) -> None:
     server.queue(Script(delay_s=3))
     with pytest.raises(ProviderError) as caught:
-        await RemoteBackend(None).generate(call_for(openai_model("remote", server), timeout_s=0.3))
+        await RemoteBackend(None).generate(call_for(openai_model("remote", server), timeout_s=0.3),
+                                           on_token=listener(listen))
     assert caught.value.transient and "timed out" in caught.value.message
 
     server.queue(Script(delay_s=3))
     gw = gateway(openai_model("remote", server), retries=1, timeout_s=0.3)
     started = time.perf_counter()
-    result = await gw.generate(ask())
+    result = await gw.generate(ask(), on_token=listener(listen))
     assert result.text == Script().text and [a.ok for a in result.attempts] == [False, True]
     assert time.perf_counter() - started < 2.5  # it did not wait for the slow reply
 
 
+@pytest.mark.parametrize("listen", [True, False], ids=["streamed", "plain"])
 @pytest.mark.parametrize("flavour", ["openai", "anthropic"])
-async def test_malformed_json_is_a_transient_failure(server: FakeLLM, flavour: str) -> None:
+async def test_malformed_json_is_a_transient_failure(server: FakeLLM, flavour: str, listen: bool) -> None:
     spec = (openai_model if flavour == "openai" else anthropic_model)("remote", server)
     server.queue(Script(malformed=True))
     with pytest.raises(ProviderError) as caught:
-        await RemoteBackend(None).generate(call_for(spec))
+        await RemoteBackend(None).generate(call_for(spec), on_token=listener(listen))
     assert caught.value.transient
+    assert bool(server.requests[-1].body.get("stream")) is listen
 
     server.queue(Script(malformed=True))
-    result = await gateway(spec, retries=1).generate(ask())
+    result = await gateway(spec, retries=1).generate(ask(), on_token=listener(listen))
     assert result.text == Script().text and [a.ok for a in result.attempts] == [False, True]
 
 
@@ -345,8 +370,10 @@ async def test_a_dropped_stream_is_never_taken_as_the_answer(server: FakeLLM, fl
     assert caught.value.transient and seen == ["one ", "two "]
 
     server.queue(cut)
-    result = await gateway(spec, retries=1).generate(ask())
+    tokens: list[str] = []
+    result = await gateway(spec, retries=1).generate(ask(), on_token=tokens.append)
     assert result.text == Script().text  # the retry's whole answer, not "one two "
+    assert server.requests[-1].body["stream"] is True
     assert [a.ok for a in result.attempts] == [False, True]
 
 
@@ -558,6 +585,43 @@ async def test_breaker_fallback_and_probe_land_in_the_record(server: FakeLLM, ba
     assert all(record["steps"][s]["calls"][0]["model_key"] == "primary" for s in ("first", "second"))
 
 
+async def test_a_flow_streams_only_when_a_subscriber_takes_tokens(server: FakeLLM, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from rich.console import Console
+
+    from deliberate._api import run_flow_async
+    from deliberate.engine import RunOptions, Token
+    from deliberate.logs import EventLog
+    from deliberate.ui.live import LiveView
+
+    flow = tmp_path / "two_steps.yaml"
+    flow.write_text(TWO_STEPS)
+    registry = registry_of(openai_model("remote", server))
+    settings = Settings(cache=False)
+    gw = Gateway(registry, settings=settings, backends={"litellm": RemoteBackend(settings)})
+    server.default = Script(text="Four pieces of text.")
+
+    async def run(*subscribers: Any) -> list[bool]:
+        server.reset()
+        outcome = await run_flow_async(flow, {"prompt": "hi"}, RunOptions(), registry=registry, gateway=gw,
+                                       settings=settings, record=False, subscribers=list(subscribers))
+        assert outcome.result.status == "succeeded" and outcome.result.output == "Four pieces of text."
+        return [bool(r.body.get("stream")) for r in server.requests]
+
+    assert await run() == [False, False]  # nobody shows tokens: one plain request per call
+    tokens: list[str] = []
+    assert await run(lambda e: tokens.append(e.text) if isinstance(e, Token) else None) == [True, True]
+    assert "".join(tokens) == "Four pieces of text." * 2
+
+    # what ships: the live view streams on a terminal only; its plain lines and the log at INFO do not
+    on_terminal, in_a_pipe = Console(force_terminal=True), Console(file=io.StringIO(), force_terminal=False)
+    assert LiveView(on_terminal).wants_tokens and not LiveView(in_a_pipe).wants_tokens
+    caplog.set_level(logging.DEBUG, logger="deliberate.events")
+    assert EventLog().wants_tokens  # the log writes tokens at DEBUG
+    caplog.set_level(logging.INFO, logger="deliberate.events")
+    assert await run(LiveView(in_a_pipe), EventLog()) == [False, False]
+
+
 async def test_the_budget_stops_a_flow_and_the_record_says_why(server: FakeLLM, tmp_path: Path) -> None:
     flow = tmp_path / "two_steps.yaml"
     flow.write_text(TWO_STEPS)
@@ -583,6 +647,7 @@ def test_the_cli_runs_a_flow_on_a_remote_model_from_models_yaml(server: FakeLLM,
                           "--model", "remote", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
+    assert not any(r.body.get("stream") for r in server.requests)  # --json shows no tokens: nothing streams
     doc = json.loads(out.stdout)
     assert doc["status"] == "succeeded" and doc["output"] == "Remote answer."
     assert server.calls == 3 and all(r.body["model"] == "test-model" for r in server.requests)

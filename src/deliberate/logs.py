@@ -60,6 +60,10 @@ class EventLog:
         """Whether the log takes engine events at all (INFO and below)."""
         return log.isEnabledFor(logging.INFO)
 
+    @property
+    def wants_tokens(self) -> bool:
+        return log.isEnabledFor(logging.DEBUG)
+
     def __call__(self, event: Any) -> None:
         name = type(event).__name__
         level = logging.DEBUG if name == "Token" else logging.INFO

@@ -208,9 +208,18 @@ def event_dict(event: Event | CallInfo) -> dict[str, Any]:
 
 
 Subscriber = Callable[[Event], None]
+"""Takes every event of a run. One with ``wants_tokens = False`` (the run record, the plain
+progress lines) tells the engine it ignores :class:`Token` events; when no subscriber wants them,
+nothing streams: remote models answer in one plain request, which costs less CPU."""
+
+
+def wants_tokens(subscriber: Subscriber) -> bool:
+    """Whether a subscriber takes :class:`Token` events (yes unless it says otherwise)."""
+    return bool(getattr(subscriber, "wants_tokens", True))
+
 
 __all__ = [
     "CallFailed", "CallFinished", "CallInfo", "Event", "GatewayNotice", "JudgeScored", "RoundFinished",
     "RunFinished", "RunStarted", "StepFailed", "StepFinished", "StepSkipped", "StepStarted", "Subscriber",
-    "Token", "Totals", "VoteDecided", "event_dict",
+    "Token", "Totals", "VoteDecided", "event_dict", "wants_tokens",
 ]

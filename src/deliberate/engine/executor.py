@@ -40,6 +40,7 @@ from .events import (
     Token,
     Totals,
     VoteDecided,
+    wants_tokens,
 )
 from .values import BranchText, Verdict, as_text, from_json, to_json
 
@@ -117,6 +118,8 @@ class _Run:
         self.counts = {"steps": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
         self.totals = Totals()  # filled from the counts when the run finishes
         self.loop = set(self.flow.rounds.steps) if self.flow.rounds else set()
+        # Stream only when a subscriber shows tokens; otherwise each call is one plain request.
+        self.stream = any(wants_tokens(s) for s in engine.subscribers)
 
     @property
     def round(self) -> int:
@@ -365,7 +368,8 @@ class _Run:
             self.emit(GatewayNotice(step=name, event=ev))
 
         try:
-            result = await self.e.gateway.generate(request, on_token=on_token, on_event=on_event)
+            result = await self.e.gateway.generate(request, on_token=on_token if self.stream else None,
+                                                   on_event=on_event)
         except BudgetExceeded as exc:
             partial = getattr(exc, "result", None)
             if partial is not None:

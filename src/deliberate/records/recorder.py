@@ -90,6 +90,8 @@ class Recorder:
         return self._validated[1]
 
     # -- events -------------------------------------------------------------------------------
+    wants_tokens = False  # streamed text is not recorded; each call's whole answer is
+
     def __call__(self, event: Event) -> None:
         handler = _STEP_HANDLERS.get(type(event))
         if handler is not None:

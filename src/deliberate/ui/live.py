@@ -34,6 +34,11 @@ class LiveView:
         self.live: Live | None = None
         self.interactive = console.is_terminal
 
+    @property
+    def wants_tokens(self) -> bool:
+        """Only the redrawn tree shows streaming text; the plain lines do not."""
+        return self.interactive
+
     def __call__(self, event: Event) -> None:
         self.recorder(event)
         rec = self.recorder.record

