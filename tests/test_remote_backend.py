@@ -636,13 +636,29 @@ async def test_the_budget_stops_a_flow_and_the_record_says_why(server: FakeLLM, 
     assert record["totals"]["cost_usd"] == pytest.approx(0.016)
 
 
-def test_the_cli_runs_a_flow_on_a_remote_model_from_models_yaml(server: FakeLLM, tmp_path: Path) -> None:
-    (tmp_path / "models.yaml").write_text(
+def user_models_yaml(server: FakeLLM, folder: Path) -> dict[str, str]:
+    """A ./models.yaml with one remote model on the server; the environment to run the CLI in."""
+    (folder / "models.yaml").write_text(
         f"remote:\n  provider: litellm\n  litellm_model: openai/test-model\n  api_base: {server.openai_base}\n"
         f"  api_key_env: {KEY_ENV}\n  context_window: 8192\n  default_strategy: balanced\n"
         "  cost_profile: {input_per_million: 1.0, output_per_million: 2.0}\n")
+    return {**os.environ, KEY_ENV: KEY, "DELIBERATE_HOME": str(folder / "home"), "NO_COLOR": "1"}
+
+
+def test_models_check_sends_one_tiny_request_and_says_what_loads(server: FakeLLM, tmp_path: Path) -> None:
+    env = user_models_yaml(server, tmp_path)
+    out = subprocess.run([sys.executable, "-m", "deliberate", "models", "check", "remote"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ok: True" in out.stdout and f"text: {Script().text}" in out.stdout
+    assert "loading litellm" in out.stderr and "litellm ready in" in out.stderr  # it takes seconds: say so
+    assert server.calls == 1 and server.requests[0].body["max_tokens"] == 8
+    assert KEY not in out.stdout + out.stderr
+
+
+def test_the_cli_runs_a_flow_on_a_remote_model_from_models_yaml(server: FakeLLM, tmp_path: Path) -> None:
+    env = user_models_yaml(server, tmp_path)
     server.default = Script(text="Remote answer.", prompt_tokens=10, completion_tokens=3)
-    env = {**os.environ, KEY_ENV: KEY, "DELIBERATE_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
     out = subprocess.run([sys.executable, "-m", "deliberate", "run", "challenge", "Design a login form.",
                           "--model", "remote", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from .common import out_console, print_json
+from .common import err_console, out_console, print_json
 
 models_app = typer.Typer(help="The model registry (models.yaml).", invoke_without_command=True)
 strategies_app = typer.Typer(help="The strategy registry (strategies.yaml).", invoke_without_command=True)
@@ -102,9 +102,10 @@ def check_model(key: str, json_out: bool = typer.Option(False, "--json")) -> Non
 
     reg = Registry.load()
     spec = reg.model(key)
-    gw = Gateway(reg)
-    backend = gw.backend(spec.provider)
     con = out_console()
+    gw = Gateway(reg, progress=None if json_out else (lambda m: err_console().print(f"[dim]{m}[/]",
+                                                                                     highlight=False)))
+    backend = gw.backend(spec.provider)
     if not json_out:
         con.print(f"checking {key} ({spec.provider}) ...", style="dim")
     checker = getattr(backend, "check", None)

@@ -26,6 +26,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ...config import Settings, scrub
@@ -76,11 +77,17 @@ def load_litellm() -> Any:
     return _litellm
 
 
-async def _load_litellm_async() -> Any:
+async def _load_litellm_async(progress: Callable[[str], None] | None = None) -> Any:
     if _litellm is not None:
         return _litellm
-    # The first import takes seconds: keep the event loop (other calls, the live view) running.
-    return await asyncio.to_thread(load_litellm)
+    if progress is not None:
+        progress("loading litellm (first remote call in this process: a few seconds)")
+    started = time.perf_counter()
+    # The import takes seconds: keep the event loop (other calls, the live view) running.
+    lit = await asyncio.to_thread(load_litellm)
+    if progress is not None:
+        progress(f"litellm ready in {time.perf_counter() - started:.1f}s")
+    return lit
 
 
 def provider_of(spec: Any) -> str:
@@ -96,12 +103,16 @@ def provider_of(spec: Any) -> str:
 
 
 class RemoteBackend:
-    """The ``litellm`` provider of models.yaml. Cheap to construct; litellm loads on first call."""
+    """The ``litellm`` provider of models.yaml. Cheap to construct; litellm loads on first call.
+
+    ``progress`` receives human-readable messages about that load (it takes seconds)."""
 
     name = "litellm"
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, progress: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        self.progress = progress
+        self._loading: asyncio.Future[Any] | None = None
 
     # -- the seam -----------------------------------------------------------------------------
     async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
@@ -113,7 +124,7 @@ class RemoteBackend:
         """
         spec = call.spec
         key = _api_key(spec)  # a missing key fails here, before litellm loads or anything is sent
-        lit = await _load_litellm_async()
+        lit = _litellm if _litellm is not None else await self._load()
         provider = provider_of(spec)
         kwargs = _request(call, provider, key, stream=on_token is not None)
         secrets = [key] if key and len(key) >= 6 else []
@@ -137,6 +148,12 @@ class RemoteBackend:
             model_name=model_name or spec.litellm_model or "",
             finish_reason=finish,
         )
+
+    async def _load(self) -> Any:
+        # Concurrent first calls (a fan-out) share one load and one pair of progress messages.
+        if self._loading is None or self._loading.get_loop() is not asyncio.get_running_loop():
+            self._loading = asyncio.ensure_future(_load_litellm_async(self.progress))
+        return await asyncio.shield(self._loading)
 
     def estimate_cost(self, spec: Any, prompt_tokens: int, max_tokens: int) -> float:
         """Upper bound of one call's cost for the gateway's budget check (0.0 when unpriced).
