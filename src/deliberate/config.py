@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     runs_dir: Path = Field(Path("runs"), validation_alias=_env("DELIBERATE_RUNS_DIR"))
     record_fsync: bool = Field(False, validation_alias=_env("DELIBERATE_RECORD_FSYNC"))
     onednn: bool = Field(True, validation_alias=_env("DELIBERATE_ONEDNN"))
+    remote_rpm: float | None = Field(None, validation_alias=_env("DELIBERATE_REMOTE_RPM"), gt=0)
+    remote_max_concurrent: int | None = Field(None, validation_alias=_env("DELIBERATE_REMOTE_MAX_CONCURRENT"),
+                                              ge=1)
     cache: bool = Field(False, validation_alias=_env("DELIBERATE_CACHE"))
     cache_dir: Path | None = Field(None, validation_alias=_env("DELIBERATE_CACHE_DIR"))
 

@@ -58,6 +58,7 @@ class Recorded:
     headers: dict[str, str]
     raw: str
     body: Any = None
+    at: float = field(default_factory=time.monotonic)  # when it arrived
     at: float = field(default_factory=time.monotonic)
 
     @property

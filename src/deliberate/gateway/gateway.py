@@ -95,7 +95,7 @@ class Gateway:
         self.retry_base_s = retry_base_s
         self.progress = progress
         self._breakers: dict[str, Breaker] = {}
-        self._limits: dict[str, RateLimit] = {}
+        self._limits: dict[str, RateLimit | None] = {}
         self._listeners: list[EventCallback] = []
         self.events: list[GatewayEvent] = []
 
@@ -132,11 +132,22 @@ class Gateway:
         return b.state if b else "closed"
 
     def rate_limit(self, spec: ModelSpec) -> RateLimit | None:
-        if spec.rate_limit is None:
-            return None
-        if spec.endpoint not in self._limits:
-            self._limits[spec.endpoint] = RateLimit(spec.rate_limit.rpm, spec.rate_limit.max_concurrent)
-        return self._limits[spec.endpoint]
+        """The endpoint's limiter, shared by every call to it: the model's ``rate_limit``, else for
+        a remote model ``DELIBERATE_REMOTE_RPM`` / ``DELIBERATE_REMOTE_MAX_CONCURRENT``."""
+        if spec.endpoint in self._limits:
+            return self._limits[spec.endpoint]
+        declared = spec.rate_limit or next(  # another model on the same server may declare it
+            (m.rate_limit for m in self.registry.models.values() if m.rate_limit and m.endpoint == spec.endpoint),
+            None)
+        if declared is not None:
+            rpm, cap = declared.rpm, declared.max_concurrent
+        elif spec.provider == "litellm":
+            rpm, cap = self.settings.remote_rpm, self.settings.remote_max_concurrent
+        else:
+            rpm, cap = None, None
+        limiter = RateLimit(rpm, cap) if rpm or cap else None
+        self._limits[spec.endpoint] = limiter
+        return limiter
 
     # -- resolution ---------------------------------------------------------------------------
     def resolve(self, request: GenerationRequest) -> tuple[ModelSpec, StrategySpec, Sampling, int]:
