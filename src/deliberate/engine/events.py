@@ -214,8 +214,10 @@ nothing streams: remote models answer in one plain request, which costs less CPU
 
 
 def wants_tokens(subscriber: Subscriber) -> bool:
-    """Whether a subscriber takes :class:`Token` events (yes unless it says otherwise)."""
-    return bool(getattr(subscriber, "wants_tokens", True))
+    """Whether a subscriber takes :class:`Token` events (yes unless its ``wants_tokens``
+    attribute, property or method says otherwise)."""
+    says = getattr(subscriber, "wants_tokens", True)
+    return bool(says() if callable(says) else says)
 
 
 __all__ = [

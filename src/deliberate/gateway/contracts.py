@@ -176,6 +176,10 @@ class Backend(Protocol):
         Raise :class:`deliberate.errors.ProviderError` (``transient=True`` for errors worth a
         retry), :class:`deliberate.errors.CapacityError` or
         :class:`deliberate.errors.ValidationError`; never return partial text as an answer.
+
+        A backend may also define ``async def prepare(spec) -> None``: one-time set-up the gateway
+        awaits before a call's timeout, breaker and rate limit start (the remote backend imports
+        litellm there). It must not raise for what ``generate`` reports (a missing key).
         """
         ...
 

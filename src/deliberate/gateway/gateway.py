@@ -132,21 +132,30 @@ class Gateway:
         return b.state if b else "closed"
 
     def rate_limit(self, spec: ModelSpec) -> RateLimit | None:
-        """The endpoint's limiter, shared by every call to it: the model's ``rate_limit``, else for
-        a remote model ``DELIBERATE_REMOTE_RPM`` / ``DELIBERATE_REMOTE_MAX_CONCURRENT``."""
-        if spec.endpoint in self._limits:
-            return self._limits[spec.endpoint]
-        declared = spec.rate_limit or next(  # another model on the same server may declare it
-            (m.rate_limit for m in self.registry.models.values() if m.rate_limit and m.endpoint == spec.endpoint),
-            None)
-        if declared is not None:
-            rpm, cap = declared.rpm, declared.max_concurrent
+        """The limiter a call to ``spec`` waits on, or None.
+
+        A server of your own (``api_base``) has one limiter for all its models: the strictest
+        ``rate_limit`` any of them declares, else ``DELIBERATE_REMOTE_RPM`` /
+        ``DELIBERATE_REMOTE_MAX_CONCURRENT``. A hosted API (no ``api_base``) limits per model, as
+        the providers do: the model's own ``rate_limit``, else those settings."""
+        shared = spec.provider == "litellm" and bool(spec.api_base)
+        slot = spec.endpoint if shared else f"{spec.endpoint}|{spec.key}"
+        if slot in self._limits:
+            return self._limits[slot]
+        if shared:
+            models = {**self.registry.models, spec.key: spec}.values()
+            declared = [m.rate_limit for m in models if m.rate_limit is not None and m.endpoint == spec.endpoint]
+        else:
+            declared = [spec.rate_limit] if spec.rate_limit is not None else []
+        rpm: float | None = None
+        cap: int | None = None
+        if declared:
+            rpm = min((d.rpm for d in declared if d.rpm), default=None)
+            cap = min((d.max_concurrent for d in declared if d.max_concurrent), default=None)
         elif spec.provider == "litellm":
             rpm, cap = self.settings.remote_rpm, self.settings.remote_max_concurrent
-        else:
-            rpm, cap = None, None
         limiter = RateLimit(rpm, cap) if rpm or cap else None
-        self._limits[spec.endpoint] = limiter
+        self._limits[slot] = limiter
         return limiter
 
     # -- resolution ---------------------------------------------------------------------------
@@ -243,6 +252,9 @@ class Gateway:
             raise CapacityError(f"{spec.key} needs {spec.min_vram_gb} GB VRAM, the request allows {limit} GB")
 
         backend = self.backend(spec.provider)
+        prepare = getattr(backend, "prepare", None)
+        if prepare is not None:
+            await prepare(spec)  # one-time set-up (litellm's import): outside the timeout and breaker
         call = BackendCall(model_key=spec.key, spec=spec, messages=request.messages,
                            sampling=sampling, max_tokens=max_tokens, timeout_s=strategy.limits.timeout_s)
 

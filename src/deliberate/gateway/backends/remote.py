@@ -80,14 +80,21 @@ def load_litellm() -> Any:
 async def _load_litellm_async(progress: Callable[[str], None] | None = None) -> Any:
     if _litellm is not None:
         return _litellm
-    if progress is not None:
-        progress("loading litellm (first remote call in this process: a few seconds)")
+    _tell(progress, "loading litellm (first remote call in this process: a few seconds)")
     started = time.perf_counter()
     # The import takes seconds: keep the event loop (other calls, the live view) running.
     lit = await asyncio.to_thread(load_litellm)
-    if progress is not None:
-        progress(f"litellm ready in {time.perf_counter() - started:.1f}s")
+    _tell(progress, f"litellm ready in {time.perf_counter() - started:.1f}s")
     return lit
+
+
+def _tell(progress: Callable[[str], None] | None, message: str) -> None:
+    if progress is None:
+        return
+    try:
+        progress(message)
+    except Exception:  # a broken progress display must not fail a model call
+        log.debug("progress callback failed", exc_info=True)
 
 
 def provider_of(spec: Any) -> str:
@@ -149,11 +156,30 @@ class RemoteBackend:
             finish_reason=finish,
         )
 
+    async def prepare(self, spec: Any) -> None:
+        """Import litellm before the first call's timeout starts (seconds, once per process).
+
+        Skipped when the model's key is missing: ``generate`` reports that at once, without the
+        import."""
+        if _litellm is not None:
+            return
+        try:
+            _api_key(spec)
+            await self._load()
+        except Exception:  # generate tries again and reports it as the call's failure
+            return
+
     async def _load(self) -> Any:
         # Concurrent first calls (a fan-out) share one load and one pair of progress messages.
-        if self._loading is None or self._loading.get_loop() is not asyncio.get_running_loop():
-            self._loading = asyncio.ensure_future(_load_litellm_async(self.progress))
-        return await asyncio.shield(self._loading)
+        loading = self._loading
+        if loading is None or loading.get_loop() is not asyncio.get_running_loop():
+            loading = self._loading = asyncio.ensure_future(_load_litellm_async(self.progress))
+            loading.add_done_callback(self._forget_failed_load)
+        return await asyncio.shield(loading)
+
+    def _forget_failed_load(self, loading: asyncio.Future[Any]) -> None:
+        if self._loading is loading and (loading.cancelled() or loading.exception() is not None):
+            self._loading = None  # the next call tries the import again
 
     def estimate_cost(self, spec: Any, prompt_tokens: int, max_tokens: int) -> float:
         """Upper bound of one call's cost for the gateway's budget check (0.0 when unpriced).
