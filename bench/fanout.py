@@ -190,7 +190,7 @@ def main() -> None:
                        ("engine+view", "the flow streamed to a token listener (the live view)")):
         if mode in ratios:
             verdict = "within" if ratios[mode] <= TARGET else "OVER"
-            print(f"{mode:<13}{ratios[mode]:.2f}x: {verdict} the target of {TARGET:.2f}x the critical path ({what})")
+            print(f"{mode:<13}{ratios[mode]:.3f}x: {verdict} the target of {TARGET:.2f}x the critical path ({what})")
     sys.exit(0 if ratios.get("engine", 0.0) <= TARGET else 1)
 
 

@@ -43,6 +43,7 @@ from .contracts import (
 from .layers import Breaker, Budget, RateLimit, ResponseCache, backoff_delay
 
 log = logging.getLogger("deliberate.gateway")
+_UNKNOWN = object()
 
 
 def estimate_tokens(text: str) -> int:
@@ -95,7 +96,8 @@ class Gateway:
         self.retry_base_s = retry_base_s
         self.progress = progress
         self._breakers: dict[str, Breaker] = {}
-        self._limits: dict[str, RateLimit | None] = {}
+        self._limits: dict[str, RateLimit | None] = {}  # per endpoint, or endpoint|key
+        self._limit_of: dict[str, RateLimit | None] = {}  # per model key
         self._listeners: list[EventCallback] = []
         self.events: list[GatewayEvent] = []
 
@@ -138,9 +140,13 @@ class Gateway:
         ``rate_limit`` any of them declares, else ``DELIBERATE_REMOTE_RPM`` /
         ``DELIBERATE_REMOTE_MAX_CONCURRENT``. A hosted API (no ``api_base``) limits per model, as
         the providers do: the model's own ``rate_limit``, else those settings."""
+        known = self._limit_of.get(spec.key, _UNKNOWN)  # every call asks: keep it a lookup
+        if known is not _UNKNOWN:
+            return known  # type: ignore[return-value]
         shared = spec.provider == "litellm" and bool(spec.api_base)
         slot = spec.endpoint if shared else f"{spec.endpoint}|{spec.key}"
         if slot in self._limits:
+            self._limit_of[spec.key] = self._limits[slot]
             return self._limits[slot]
         if shared:
             models = {**self.registry.models, spec.key: spec}.values()
@@ -155,7 +161,7 @@ class Gateway:
         elif spec.provider == "litellm":
             rpm, cap = self.settings.remote_rpm, self.settings.remote_max_concurrent
         limiter = RateLimit(rpm, cap) if rpm or cap else None
-        self._limits[slot] = limiter
+        self._limits[slot] = self._limit_of[spec.key] = limiter
         return limiter
 
     # -- resolution ---------------------------------------------------------------------------
