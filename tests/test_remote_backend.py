@@ -199,6 +199,34 @@ async def test_litellm_loads_once_for_concurrent_first_calls_and_again_after_a_f
     assert await RemoteBackend(None, progress=broken_display)._load() is real
 
 
+async def test_a_cached_answer_needs_no_litellm(server: FakeLLM, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import deliberate.gateway.backends.remote as remote
+    from deliberate.gateway.layers import ResponseCache
+
+    spec = openai_model("remote", server)
+    settings = Settings(cache=False)
+    registry = Registry(models={"remote": spec}, strategies={"t": StrategySpec(name="t", sampling=Sampling(
+        temperature=0.0))}, default_model="remote", default_strategy="t")
+    gw = Gateway(registry, settings=settings, backends={"litellm": RemoteBackend(settings)},
+                 cache=ResponseCache(tmp_path))
+    first = await gw.generate(ask("Cache me."))
+
+    imports: list[int] = []
+
+    def no_import() -> Any:
+        imports.append(1)
+        raise ImportError("not for a cached answer")
+
+    monkeypatch.setattr(remote, "_litellm", None)  # as in a new process, with the cache on disk
+    monkeypatch.setattr(remote, "load_litellm", no_import)
+    fresh = Gateway(registry, settings=settings, backends={"litellm": RemoteBackend(settings)},
+                    cache=ResponseCache(tmp_path))
+    again = await fresh.generate(ask("Cache me."))
+    assert again.cache_hit and again.text == first.text and server.calls == 1
+    assert imports == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Answers
 

@@ -258,9 +258,6 @@ class Gateway:
             raise CapacityError(f"{spec.key} needs {spec.min_vram_gb} GB VRAM, the request allows {limit} GB")
 
         backend = self.backend(spec.provider)
-        prepare = getattr(backend, "prepare", None)
-        if prepare is not None:
-            await prepare(spec)  # one-time set-up (litellm's import): outside the timeout and breaker
         call = BackendCall(model_key=spec.key, spec=spec, messages=request.messages,
                            sampling=sampling, max_tokens=max_tokens, timeout_s=strategy.limits.timeout_s)
 
@@ -279,6 +276,9 @@ class Gateway:
                                events=events, strategy=strategy.name,
                                timings=replace(hit.timings, total_time=time.perf_counter() - started))
 
+        prepare = getattr(backend, "prepare", None)
+        if prepare is not None:  # one-time set-up (litellm's import): outside the timeout and breaker
+            await prepare(spec)
         reserved = 0.0
         if self.budget.max_cost_usd is not None:
             estimate = await self._estimate_cost(backend, spec, prompt_est, max_tokens)
