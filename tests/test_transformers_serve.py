@@ -23,12 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from deliberate.config import Settings
 from deliberate.errors import ProviderError
 from deliberate.gateway import Gateway, GenerationRequest
-from deliberate.gateway.backends.remote import RemoteBackend
 from deliberate.gateway.contracts import Sampling
 from deliberate.registry import CostProfile, Limits, ModelSpec, Registry, StrategySpec
+from helpers import remote_gateway, with_shipped
 
 # litellm's own pydantic models warn on import and on every response; not ours to fix.
 LITELLM_NOISE = [pytest.mark.filterwarnings("ignore:.*ReadOnly.*:UserWarning"),
@@ -133,8 +132,7 @@ def _gateway(spec: ModelSpec, retries: int = 0) -> Gateway:
                             limits=Limits(max_tokens=8, timeout_s=90, max_retries=retries))
     registry = Registry(models={spec.key: spec}, strategies={"greedy": strategy},
                         default_model=spec.key, default_strategy="greedy")
-    settings = Settings(cache=False)
-    return Gateway(registry, settings=settings, backends={"litellm": RemoteBackend(settings)}, retry_base_s=0.01)
+    return remote_gateway(registry, retry_base_s=0.01)
 
 
 def _spec(api_base: str, model: str) -> ModelSpec:
@@ -175,14 +173,11 @@ async def test_a_flow_runs_through_transformers_serve(served: tuple[str, str], t
     spec = _spec(api_base, model)
     strategy = StrategySpec(name="greedy", sampling=Sampling(temperature=0.0),
                             limits=Limits(max_tokens=8, timeout_s=90, max_retries=0))
-    settings = Settings(cache=False)
-    shipped = Registry.load(settings)  # challenge names the built-in model as its default
-    registry = Registry(models={**shipped.models, spec.key: spec}, strategies={**shipped.strategies, "greedy": strategy},
-                        default_model=spec.key, default_strategy="greedy")
-    gw = Gateway(registry, settings=settings, backends={"litellm": RemoteBackend(settings)})
+    registry = with_shipped(spec, strategy=strategy)  # challenge names the built-in model
+    gw = remote_gateway(registry)
     outcome = await run_flow_async("challenge", {"prompt": "Name a prime number."},
                                    RunOptions(models={"*": spec.key}, strategy="greedy"), registry=registry,
-                                   gateway=gw, settings=settings, runs_dir=tmp_path)
+                                   gateway=gw, settings=gw.settings, runs_dir=tmp_path)
 
     assert outcome.result.status == "succeeded", outcome.result.error
     assert outcome.record_path is not None

@@ -102,9 +102,8 @@ def check_model(key: str, json_out: bool = typer.Option(False, "--json")) -> Non
 
     reg = Registry.load()
     spec = reg.model(key)
-    con = out_console()
-    gw = Gateway(reg, progress=None if json_out else (lambda m: err_console().print(f"[dim]{m}[/]",
-                                                                                     highlight=False)))
+    con, err = out_console(), err_console()
+    gw = Gateway(reg, progress=None if json_out else (lambda m: err.print(f"[dim]{m}[/]")))
     backend = gw.backend(spec.provider)
     if not json_out:
         con.print(f"checking {key} ({spec.provider}) ...", style="dim")
