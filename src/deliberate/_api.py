@@ -64,6 +64,30 @@ def resolve_inputs(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: No tokenizer packs more characters than this into one token on real text; an input longer than
+#: the largest context window times this cannot fit any configured model.
+CHARS_PER_TOKEN_MAX = 16
+
+
+def input_limit(registry: Registry) -> int:
+    """The most characters an input may hold: the largest context window of any model, as text."""
+    largest = max((m.context_window for m in registry.models.values()), default=4096)
+    return largest * CHARS_PER_TOKEN_MAX
+
+
+def check_input_size(values: dict[str, Any], registry: Registry) -> None:
+    """Refuse, before any record or call, an input no configured model could take."""
+    limit = input_limit(registry)
+    for name, value in values.items():
+        size = len(value) if isinstance(value, str) else sum(len(str(v)) for v in value) \
+            if isinstance(value, list) else 0
+        if size > limit:
+            raise InputError(
+                f"input {name!r} is {size:,} characters: more than any configured model's context "
+                f"window could take ({limit // CHARS_PER_TOKEN_MAX:,} tokens, at most {limit:,} characters)",
+                hint="pass a smaller input, or add a model with a larger context_window to models.yaml")
+
+
 async def run_flow_async(
     flow: str | Path | LoadedFlow,
     inputs: dict[str, Any] | None = None,
@@ -91,9 +115,16 @@ async def run_flow_async(
             raise InputError(f"--model {step}={key}: flow {loaded.flow.name!r} has no step {step!r}",
                              hint=did_you_mean(step, list(loaded.flow.steps)))
         registry.model(key)
+    if registry.untrusted:  # refuse before the record: the keys the flow names on its face
+        fallback = options.models.get("*") or loaded.flow.defaults.model or registry.default_model
+        named = {*options.models.values(),
+                 *(options.models.get(n) or s.model or fallback for n, s in loaded.flow.steps.items())}
+        for key in named & set(registry.untrusted):
+            registry.model(key)
     if options.strategy:
         registry.strategy(options.strategy)
     values = resolve_inputs(loaded.flow, inputs or {})
+    check_input_size(values, registry)
     if gateway is None:
         gateway = Gateway(registry, settings=settings, budget=Budget(options.max_cost))
     elif options.max_cost is not None:

@@ -118,11 +118,58 @@ def search_dirs(settings: Settings | None = None) -> list[Path]:
     return seen
 
 
+#: Variable names that hold secrets by convention (AWS_SECRET_ACCESS_KEY, GITHUB_TOKEN, ...).
+SECRET_NAME_SUFFIXES = ("_KEY", "_TOKEN", "_SECRET", "_PASSWORD", "_PASSWD", "_CREDENTIALS")
+#: Shorter values are not scrubbed: they would blank out ordinary words, and no API key is so short.
+MIN_SECRET_LEN = 6
+
+_secret_names: set[str] = set()
+_dotenv_cache: dict[str, tuple[tuple[float, int], dict[str, str]]] = {}
+
+
+def register_secret_names(names: list[str] | set[str]) -> None:
+    """Names of variables that hold keys (models.yaml's ``api_key_env``), whatever they are called."""
+    _secret_names.update(n for n in names if n)
+
+
+def is_secret_name(name: str) -> bool:
+    upper = name.upper()
+    return name in SECRET_ENV_VARS or name in _secret_names or upper.endswith(SECRET_NAME_SUFFIXES)
+
+
+def dotenv_values(path: str | Path = ".env") -> dict[str, str]:
+    """The variables of a ``.env`` file (the one the settings read), re-read when it changes."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return {}
+    key = str(p.resolve())
+    stamp = (st.st_mtime, st.st_size)
+    cached = _dotenv_cache.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    from dotenv import dotenv_values as read  # pydantic-settings' own dependency
+
+    try:
+        values = {k: v for k, v in read(p).items() if v}
+    except (OSError, UnicodeDecodeError):
+        values = {}
+    _dotenv_cache[key] = (stamp, values)
+    return values
+
+
 def secret_values() -> list[str]:
-    """Values of the secret environment variables that are set (for scrubbing)."""
-    env = os.environ
-    names = list(SECRET_ENV_VARS) + [k for k in env if k.endswith("_API_KEY") and k not in SECRET_ENV_VARS]
-    return [v for v in (env.get(name, "") for name in names) if len(v) >= 6]
+    """Values of every variable that holds a secret, in the environment or in ``./.env``: the
+    well-known provider keys, names ending in _KEY, _TOKEN, _SECRET, _PASSWORD, and every
+    ``api_key_env`` of the registry. Longest first, so a key that contains another goes whole."""
+    found: set[str] = set()
+    for source in (os.environ, dotenv_values()):
+        for name, value in source.items():
+            value = value.strip()
+            if len(value) >= MIN_SECRET_LEN and is_secret_name(name):
+                found.add(value)
+    return sorted(found, key=len, reverse=True)
 
 
 def scrub(text: str, secrets: list[str] | None = None, extra: list[str] | None = None) -> str:

@@ -14,8 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from .config import Settings, get_settings, search_dirs
+from .config import Settings, get_settings, register_secret_names, search_dirs
 from .errors import Problem, RegistryError
+from .trust import TRUST_ENV, host_of, key_leak, trusted
 
 BUILTIN_PROVIDERS = ("local", "litellm")
 
@@ -135,9 +136,15 @@ class Registry:
         self.sources = sources or {}
         self.default_model = default_model
         self.default_strategy = default_strategy
+        #: key -> why it is refused: entries of an untrusted project-local models.yaml that would
+        #: send a key off the machine (see :mod:`deliberate.trust`)
+        self.untrusted: dict[str, str] = {}
 
     # -- lookups ------------------------------------------------------------------------------
-    def model(self, key: str) -> ModelSpec:
+    def model(self, key: str, *, peek: bool = False) -> ModelSpec:
+        """The entry of ``key``; one that is not trusted is refused unless only looked at (``peek``)."""
+        if not peek and key in self.untrusted:
+            raise RegistryError(self.untrusted[key], hint=TRUST_HINT)
         try:
             return self.models[key]
         except KeyError:
@@ -166,18 +173,28 @@ class Registry:
         models: dict[str, ModelSpec] = {}
         strategies: dict[str, StrategySpec] = {}
         sources: dict[str, list[Path]] = {"models": [], "strategies": []}
+        local = _project_dir(dirs, settings)
+        own_hosts: set[str] = set()
+        untrusted: dict[str, str] = {}
         for d in reversed(dirs):  # lowest priority first; later files replace keys
             mfile, sfile = d / "models.yaml", d / "strategies.yaml"
             if mfile.is_file():
                 sources["models"].append(mfile)
-                for key, spec in _load_entries(mfile, ModelSpec).items():
+                entries = _load_entries(mfile, ModelSpec)
+                if d == local:
+                    untrusted.update(_untrusted(mfile, entries, own_hosts, settings))
+                else:
+                    own_hosts |= {host_of(e.api_base) for e in entries.values() if e.api_base}
+                for key, spec in entries.items():
                     models[key] = spec.model_copy(update={"key": key})
             if sfile.is_file():
                 sources["strategies"].append(sfile)
                 for key, strat in _load_entries(sfile, StrategySpec).items():
                     strategies[key] = strat.model_copy(update={"name": key})
         reg = cls(models, strategies, sources, settings.default_model, settings.default_strategy)
+        reg.untrusted = untrusted
         reg.check()
+        register_secret_names({m.api_key_env for m in models.values() if m.api_key_env})
         return reg
 
     def check(self) -> None:
@@ -202,6 +219,29 @@ class Registry:
             raise RegistryError("; ".join(problems), hint="fix models.yaml / strategies.yaml")
 
 
+TRUST_HINT = ("if you trust this file, run 'deliberate config trust models.yaml', "
+              f"or set {TRUST_ENV}=1 in CI")
+
+
+def _project_dir(dirs: list[Path], settings: Settings) -> Path | None:
+    """The current directory, when it is one of the lookup dirs and neither the user's home
+    config nor the packaged defaults: config found there came with the project, not the user."""
+    from .config import packaged_dir
+
+    cwd = Path.cwd().resolve()
+    own = {settings.home_dir().resolve(), packaged_dir().resolve()}
+    return cwd if cwd in dirs and cwd not in own else None
+
+
+def _untrusted(path: Path, entries: dict[str, ModelSpec], own_hosts: set[str],
+               settings: Settings) -> dict[str, str]:
+    leaks = {key: why for key, spec in entries.items() if (why := key_leak(spec, own_hosts))}
+    if not leaks or trusted(path, settings.home_dir()):
+        return {}
+    return {key: f"model {key!r} comes from {path}, which is not trusted: {why}"
+            for key, why in leaks.items()}
+
+
 def _load_entries(path: Path, model: type[BaseModel]) -> dict[str, Any]:
     from .yamlio import load_yaml_file, locate
 
@@ -210,6 +250,12 @@ def _load_entries(path: Path, model: type[BaseModel]) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise RegistryError("expected a mapping of key -> entry", where=f"{path}:1")
+    wrapper = "models" if model is ModelSpec else "strategies"
+    inner = data.get(wrapper)
+    if list(data) == [wrapper] and isinstance(inner, dict) and not set(inner) & set(model.model_fields):
+        # a natural guess ("models:" above the entries): the entries are what is under it
+        data = inner
+        marks = {loc[1:]: mark for loc, mark in marks.items() if loc[:1] == (wrapper,)}
     out: dict[str, Any] = {}
     problems: list[Problem] = []
     for key, value in data.items():

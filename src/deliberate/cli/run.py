@@ -9,11 +9,22 @@ from typing import Any
 
 import typer
 
-from .common import err_console, fail, out_console, print_json
+from ..safetext import markup
+from .common import err_console, error_markup, fail, out_console, print_json
 
 
-def parse_inputs(pairs: list[str]) -> dict[str, Any]:
-    """``k=v`` and ``k=@file`` pairs."""
+def read_stdin(limit: int) -> str:
+    """stdin as text, refusing (without reading on) more than ``limit`` characters."""
+    text = sys.stdin.read(limit + 1)
+    if len(text) > limit:
+        fail(f"PROMPT '-': stdin holds more than {limit:,} characters, more than any configured "
+             "model's context window could take (pass a smaller input, or add a model with a larger "
+             "context_window to models.yaml)")
+    return text
+
+
+def parse_inputs(pairs: list[str], limit: int | None = None) -> dict[str, Any]:
+    """``k=v`` and ``k=@file`` pairs; a file over ``limit`` bytes is refused unread."""
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
@@ -23,6 +34,9 @@ def parse_inputs(pairs: list[str]) -> dict[str, Any]:
             path = Path(value[1:])
             if not path.is_file():
                 fail(f"--input {name}: no such file {str(path)!r}")
+            if limit is not None and path.stat().st_size > limit * 4:  # 4: the most bytes a character takes
+                fail(f"--input {name}: {str(path)!r} is {path.stat().st_size:,} bytes, more than any "
+                     "configured model's context window could take (pass a smaller file)")
             try:
                 value = path.read_text(encoding="utf-8")
             except UnicodeDecodeError:
@@ -58,13 +72,14 @@ def run(
     cache: bool = typer.Option(False, "--cache", help="Reuse cached answers of deterministic calls."),
 ) -> None:
     """Run a flow on a prompt, live, and record it under runs/."""
+    from .._api import input_limit
     from ..engine.executor import RunOptions
     from ..flows.loader import load_flow
     from ..registry import Registry
 
     registry = Registry.load()
     loaded = load_flow(flow, registry)
-    inputs = parse_inputs(input)
+    inputs = parse_inputs(input, input_limit(registry))
     if prompt is not None:
         from .._api import prompt_input
 
@@ -72,7 +87,7 @@ def run(
         if name is None:
             fail(f"flow {loaded.flow.name!r} takes no inputs; drop the PROMPT argument")
         if prompt == "-":
-            prompt = sys.stdin.read()
+            prompt = read_stdin(input_limit(registry))
             if not prompt.strip():
                 fail("PROMPT '-': stdin was empty")
         if name in inputs:
@@ -102,7 +117,7 @@ def execute(loaded: Any, inputs: dict[str, Any], options: Any, registry: Any, *,
 
     def progress(message: str) -> None:
         if not json_out:
-            console.print(f"[dim]{message}[/]", highlight=False)
+            console.print(f"[dim]{markup(message)}[/]", highlight=False)
 
     gateway = Gateway(registry, settings=settings,  # run_flow_async sets the budget from options
                       # cache: True/False from the caller wins; None follows DELIBERATE_CACHE
@@ -140,9 +155,9 @@ def execute(loaded: Any, inputs: dict[str, Any], options: Any, registry: Any, *,
     if result.status == "succeeded":
         out_console().print(answer(rec))
     else:
-        console.print(f"[bold red]error:[/] {result.error}", soft_wrap=True)
+        console.print(error_markup(result.error), soft_wrap=True)
     if outcome.record_path and not quiet:
-        console.print(f"[dim]record: {outcome.record_path}[/]")
+        console.print(f"[dim]record: {markup(outcome.record_path)}[/]")
     return result.exit_code
 
 
@@ -159,21 +174,28 @@ def generate(
     no_record: bool = typer.Option(False, "--no-record"),
 ) -> None:
     """Direct mode: one gateway call, recorded as a one-step run."""
+    from .._api import input_limit
     from ..engine.executor import RunOptions
     from ..flows.loader import load_flow_data
     from ..registry import Registry
 
-    if prompt == "-":
-        prompt = sys.stdin.read()
     registry = Registry.load()
+    if prompt == "-":
+        prompt = read_stdin(input_limit(registry))
+    # The prompt and the system text are data, not templates: they go in as inputs, so braces in
+    # them ("{{", "{%") are sent as written.
     step: dict[str, Any] = {"prompt": "{{ prompt }}"}
+    inputs: dict[str, Any] = {"prompt": {"description": "the prompt"}}
+    values = {"prompt": prompt}
     if system:
-        step["system"] = system.replace("{", "{{ '{' }}") if "{{" in system else system
+        step["system"] = "{{ system }}"
+        inputs["system"] = {"description": "the system message"}
+        values["system"] = system
     if max_tokens:
         step["max_tokens"] = max_tokens
     data = {"name": "generate", "description": "Direct mode: one call.",
-            "inputs": {"prompt": {"description": "the prompt"}}, "steps": {"answer": step}, "output": "answer"}
+            "inputs": inputs, "steps": {"answer": step}, "output": "answer"}
     loaded = load_flow_data(data, "generate", registry)
     options = RunOptions(models={"*": model} if model else {}, strategy=strategy, seed=seed, max_cost=max_cost)
-    raise typer.Exit(execute(loaded, {"prompt": prompt}, options, registry, json_out=json_out,
+    raise typer.Exit(execute(loaded, values, options, registry, json_out=json_out,
                              quiet=quiet, record=not no_record))

@@ -7,6 +7,7 @@ Script (JSON file named by ``DELIBERATE_SCRIPT``, or rules passed in-process)::
 
     {"rules": [{"match": "regex on the last user message", "model": "key or null",
                 "reply": "text", "delay": 0.1, "fail": "transient|fatal|capacity",
+                "message": "the failure's text (default: 'scripted <fail> failure for <model>')",
                 "times": 2, "tokens": 5}],
      "echo": true}
 
@@ -57,7 +58,7 @@ class ScriptedBackend:
                 kind = rule["fail"]
                 if kind == "capacity":
                     raise CapacityError(f"scripted capacity failure for {call.model_key}")
-                raise ProviderError(f"scripted {kind} failure for {call.model_key}",
+                raise ProviderError(rule.get("message") or f"scripted {kind} failure for {call.model_key}",
                                     transient=kind == "transient", trips_breaker=kind != "badrequest")
             if rule is not None and "reply" in rule:
                 text = str(rule["reply"])

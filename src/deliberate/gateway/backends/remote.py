@@ -31,6 +31,7 @@ from typing import Any
 
 from ...config import Settings, scrub
 from ...errors import ProviderError
+from ...trust import PLACEHOLDER_KEY_PROVIDERS
 from ..contracts import BackendCall, Reply, TokenCallback
 
 log = logging.getLogger("deliberate.gateway.remote")
@@ -40,11 +41,9 @@ _litellm: Any = None
 
 #: Providers that authenticate with a bearer-style API key. When a model sets ``api_base`` but no
 #: ``api_key_env``, these get a placeholder key, so litellm never falls back to a provider key from
-#: the environment (``OPENAI_API_KEY``...) and sends it to a third-party server.
-_KEYED_PROVIDERS = frozenset({
-    "openai", "text-completion-openai", "custom_openai", "openai_like", "hosted_vllm", "lm_studio",
-    "llamafile", "xinference", "anthropic", "ollama", "ollama_chat", "huggingface",
-})
+#: the environment (``OPENAI_API_KEY``...) and sends it to a third-party server. (The trust check
+#: of project-local config relies on this list.)
+_KEYED_PROVIDERS = PLACEHOLDER_KEY_PROVIDERS
 _NO_KEY = "no-key-required"
 
 #: Providers whose APIs take ``top_k``; OpenAI's rejects it.
@@ -287,11 +286,9 @@ def _api_key(spec: Any) -> str | None:
 
 def _from_dotenv(name: str) -> str:
     """The variable from ``./.env``, the file the settings read too (it is not exported)."""
-    if not os.path.isfile(".env"):
-        return ""
-    from dotenv import dotenv_values  # pydantic-settings' own dependency
+    from ...config import dotenv_values
 
-    return (dotenv_values(".env").get(name) or "").strip()
+    return (dotenv_values().get(name) or "").strip()
 
 
 def _request(call: BackendCall, provider: str, key: str | None, stream: bool = True) -> dict[str, Any]:

@@ -1,0 +1,39 @@
+"""Text that did not come from our own code, made safe to show.
+
+File names, step names, provider error text and model output may carry Rich markup (``[/``,
+``[bold]``) or terminal control sequences (ANSI CSI, OSC title changes and links, a screen
+clear). Before such text reaches the terminal it goes through :func:`clean` (for ``Text``
+objects and plain writes) or :func:`markup` (for strings that Rich parses as markup). Records
+keep the raw text; only what is shown is cleaned.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls except tab and newline, DEL, and the C1 controls (0x80-0x9f: 0x9b is a one-byte CSI).
+# Removing ESC alone leaves the printable rest of a sequence ("]0;PWNED"), harmless but noisy, so
+# whole escape sequences go first: CSI (ESC [ ... final byte), OSC/DCS/APC/PM strings (ESC ] ...
+# terminated by BEL or ESC \), and two-byte escapes.
+_SEQUENCES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
+    r"|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC, DCS, SOS, PM, APC strings
+    r"|\x1b[ -~]"  # any other two-byte escape (ESC c resets the terminal)
+    r"|\x9b[0-?]*[ -/]*[@-~]"  # 8-bit CSI
+)
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean(text: object) -> str:
+    """``text`` as a string without terminal control characters (newline and tab kept)."""
+    s = text if isinstance(text, str) else str(text)
+    if s.isprintable():  # the common case: nothing to strip (newline and tab are not printable)
+        return s
+    return _CONTROLS.sub("", _SEQUENCES.sub("", s))
+
+
+def markup(text: object) -> str:
+    """``text`` cleaned and escaped, to put inside a Rich markup string."""
+    from rich.markup import escape
+
+    return escape(clean(text))
