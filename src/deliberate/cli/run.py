@@ -146,13 +146,13 @@ def execute(loaded: Any, inputs: dict[str, Any], options: Any, registry: Any, *,
         if view:
             view.stop()
     result, rec = outcome.result, outcome.recorder.record
-    assert rec is not None
     if json_out:
         print_json({"run_id": result.run_id, "status": result.status, "output": result.output,
                     "output_step": result.output_step, "record": str(outcome.record_path) if outcome.record_path else None,
-                    "error": result.error, "summary": rec.summary()})
+                    "error": result.error, "below_threshold": result.below_threshold,
+                    "summary": rec.summary() if rec is not None else None})
         return result.exit_code
-    if result.status == "succeeded":
+    if result.status == "succeeded" and rec is not None:
         out_console().print(answer(rec))
     else:
         console.print(error_markup(result.error), soft_wrap=True)

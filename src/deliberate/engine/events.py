@@ -157,6 +157,22 @@ class JudgeScored(Event):
 
 
 @dataclass(slots=True, kw_only=True)
+class JudgeDecided(Event):
+    """A judge's outcome once its attempts are done: ``passed``, or below its threshold after every
+    attempt. ``score`` is the best score of the attempts (the target keeps that draft); with
+    ``on_fail == "fail"`` a judge below threshold fails its step next."""
+
+    step: str
+    target: str
+    passed: bool
+    score: float
+    threshold: float
+    scale: int
+    attempts: int
+    on_fail: Literal["keep_best", "fail"] = "keep_best"
+
+
+@dataclass(slots=True, kw_only=True)
 class VoteDecided(Event):
     step: str
     counts: dict[str, int]
@@ -210,7 +226,11 @@ def event_dict(event: Event | CallInfo) -> dict[str, Any]:
 Subscriber = Callable[[Event], None]
 """Takes every event of a run. One with ``wants_tokens = False`` (the run record, the plain
 progress lines) tells the engine it ignores :class:`Token` events; when no subscriber wants them,
-nothing streams: remote models answer in one plain request, which costs less CPU."""
+nothing streams: remote models answer in one plain request, which costs less CPU.
+
+A subscriber that raises does not stop the run: the engine logs its first error and goes on
+(a broken view or plugin must not cost the run). One with ``critical = True`` (the run record) is
+the exception: its failure fails the run (see ``engine.executor``)."""
 
 
 def wants_tokens(subscriber: Subscriber) -> bool:
@@ -220,8 +240,13 @@ def wants_tokens(subscriber: Subscriber) -> bool:
     return bool(says() if callable(says) else says)
 
 
+def is_critical(subscriber: Subscriber) -> bool:
+    """Whether a subscriber's failure fails the run (its ``critical`` attribute; default no)."""
+    return getattr(subscriber, "critical", False) is True
+
+
 __all__ = [
-    "CallFailed", "CallFinished", "CallInfo", "Event", "GatewayNotice", "JudgeScored", "RoundFinished",
-    "RunFinished", "RunStarted", "StepFailed", "StepFinished", "StepSkipped", "StepStarted", "Subscriber",
-    "Token", "Totals", "VoteDecided", "event_dict", "wants_tokens",
+    "CallFailed", "CallFinished", "CallInfo", "Event", "GatewayNotice", "JudgeDecided", "JudgeScored",
+    "RoundFinished", "RunFinished", "RunStarted", "StepFailed", "StepFinished", "StepSkipped", "StepStarted",
+    "Subscriber", "Token", "Totals", "VoteDecided", "event_dict", "is_critical", "wants_tokens",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import re
 import time
 from collections import Counter
@@ -28,6 +29,7 @@ from .events import (
     CallInfo,
     Event,
     GatewayNotice,
+    JudgeDecided,
     JudgeScored,
     RoundFinished,
     RunFinished,
@@ -40,11 +42,13 @@ from .events import (
     Token,
     Totals,
     VoteDecided,
+    is_critical,
     wants_tokens,
 )
 from .values import BranchText, Verdict, as_text, from_json, to_json
 
 LOOP = "<rounds>"
+log = logging.getLogger("deliberate.engine")
 
 # The current round and the names it carries: per task (tasks copy the context when created), so
 # a step running beside a rounds block never sees the loop's round or carried values.
@@ -84,6 +88,16 @@ class RunResult:
     totals: Totals
     values: dict[str, Any]
     exit_code: int = 0
+    below_threshold: list[str] = field(default_factory=list)  # judges that kept a draft below threshold
+
+
+class JudgeBelowThreshold(ValidationError):
+    """A judge with ``on_fail: fail`` whose attempts all scored below its threshold."""
+
+
+class _RecordFailed(Exception):
+    """Raised where the run can stop cleanly (before a step, before a model call) once a critical
+    subscriber (the run record) has failed. Never caught by a step, optional or not."""
 
 
 class Engine:
@@ -120,6 +134,10 @@ class _Run:
         self.loop = set(self.flow.rounds.steps) if self.flow.rounds else set()
         # Stream only when a subscriber shows tokens; otherwise each call is one plain request.
         self.stream = any(wants_tokens(s) for s in engine.subscribers)
+        self.subscribers = tuple(engine.subscribers)
+        self.failing: set[int] = set()  # ids of subscribers that raised (each is logged once)
+        self.fatal: Exception | None = None  # the first error of a critical subscriber (the record)
+        self.verdicts: dict[str, bool] = {}  # judge -> passed (its latest run)
 
     @property
     def round(self) -> int:
@@ -127,8 +145,38 @@ class _Run:
 
     # -- events -------------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
-        for sub in self.e.subscribers:
-            sub(event)
+        for sub in self.subscribers:
+            try:  # free unless it raises: this loop runs for every event, tokens included
+                sub(event)
+            except Exception as exc:
+                self.subscriber_failed(sub, event, exc)
+
+    def subscriber_failed(self, sub: Subscriber, event: Event, exc: Exception) -> None:
+        """A subscriber raised. A view or a plugin that breaks must not cost the run: its first
+        error is logged and the run goes on (it still gets every event; it may recover). The run
+        record is different: the record is the product, and a run whose record is wrong or not on
+        disk must not end "succeeded". So a critical subscriber's failure is kept in ``fatal``, the
+        run stops at the next clean point (before a step, before a model call: no more is spent
+        on a run that is not being recorded), and it ends failed with one line saying why. The
+        recorder still gets every event up to RunFinished, so the record on disk, if it can be
+        written at all, says "failed" and why."""
+        critical = is_critical(sub)
+        if critical and self.fatal is None:
+            self.fatal = exc
+        if id(sub) in self.failing:
+            return
+        self.failing.add(id(sub))
+        if critical:
+            log.error("the run record %r failed on %s: %s: %s; the run fails", sub, event.type,
+                      type(exc).__name__, exc, exc_info=exc)
+        else:
+            log.warning("event subscriber %r failed on %s: %s: %s; the run goes on (later errors of "
+                        "this subscriber are not logged)", sub, event.type, type(exc).__name__, exc,
+                        exc_info=exc)
+
+    def record_failure(self) -> str:
+        exc = self.fatal
+        return f"the run record failed: {type(exc).__name__}: {exc}"
 
     def context(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         rnd, carry = _ROUND.get()
@@ -156,6 +204,8 @@ class _Run:
             status, error, etype, code = "interrupted", "interrupted by the user", "Interrupted", 130
             self.finish(status, error, etype, t0)
             raise
+        except _RecordFailed:
+            pass  # said below
         except StepError as exc:
             status, error, etype = "failed", exc.line(), type(exc.cause).__name__
             code = 1
@@ -164,9 +214,16 @@ class _Run:
                 "InternalError", 1
         finally:
             unsubscribe()
+        if self.fatal is not None:  # the record failed: that is the run's error, whatever else did
+            status, error, etype, code = "failed", self.record_failure(), "RecordFailed", 1
         out = self.finish(status, error, etype, t0)
+        if self.fatal is not None and etype != "RecordFailed":
+            # the record failed on RunFinished itself (its final write): the run did not succeed,
+            # though the view was told it did; the answer, if any, stays in the result
+            status, error, etype, code = "failed", self.record_failure(), "RecordFailed", 1
+        below = [n for n in self.loaded.order if self.verdicts.get(n) is False]
         return RunResult(self.run_id, status, out, self.loaded.output, error, etype, self.totals,
-                         self.values, code)
+                         self.values, code, below)
 
     def finish(self, status: str, error: str | None, etype: str | None, t0: float) -> str | None:
         self.totals = Totals(**self.counts, wall_s=time.perf_counter() - t0)
@@ -271,9 +328,17 @@ class _Run:
 
     # -- one step -----------------------------------------------------------------------------
     async def run_step(self, name: str, force: bool = False) -> None:
+        if self.fatal is not None:
+            raise _RecordFailed
         step = self.flow.steps[name]
         if name in self.preset and not force:
-            self.values[name] = from_json(self.preset[name])
+            value = self.values[name] = from_json(self.preset[name])
+            if isinstance(value, Verdict) and step.target is not None and step.threshold is not None:
+                # a reused judge says how it ended, like one that ran (views have no parent record)
+                self.verdicts[name] = value.passed
+                self.emit(JudgeDecided(step=name, target=step.target, passed=value.passed, score=value.score,
+                                       threshold=step.threshold, scale=value.scale, attempts=value.attempts,
+                                       on_fail=step.on_fail))
             self.emit(StepFinished(step=name, kind=step.kind, round=self.round, value=self.preset[name],
                                    reused=True))
             return
@@ -301,7 +366,7 @@ class _Run:
                 value = self.vote_step(name, step)
             else:
                 value = await self.function_step(name, step)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _RecordFailed):
             raise
         except (DeliberateError, TemplateProblem, Exception) as exc:
             # the flow validated, so a template failing now failed on a value: a flow failure (1)
@@ -367,6 +432,8 @@ class _Run:
                 self.emit(Token(step=name, text="", round=rnd, branch=branch, reset=True))
             self.emit(GatewayNotice(step=name, event=ev))
 
+        if self.fatal is not None:
+            raise _RecordFailed
         try:
             result = await self.e.gateway.generate(request, on_token=on_token if self.stream else None,
                                                    on_event=on_event)
@@ -488,7 +555,15 @@ class _Run:
         self.values[step.target] = best[1] if best[0] >= 0 else draft
         self.emit(StepFinished(step=step.target, kind="generate", round=self.round,
                                value=to_json(self.values[step.target])))
-        return Verdict(score, score >= step.threshold, feedback, attempt, step.scale)
+        passed = score >= step.threshold
+        self.verdicts[name] = passed
+        self.emit(JudgeDecided(step=name, target=step.target, passed=passed, score=score,
+                               threshold=step.threshold, scale=step.scale, attempts=attempt,
+                               on_fail=step.on_fail))
+        if not passed and step.on_fail == "fail":
+            raise JudgeBelowThreshold(f"judge score {score:g} below threshold {step.threshold:g} after "
+                                      f"{attempt} attempt{'s' if attempt != 1 else ''}")
+        return Verdict(score, passed, feedback, attempt, step.scale)
 
     # -- vote ---------------------------------------------------------------------------------
     def vote_step(self, name: str, step: Step) -> str:
@@ -575,4 +650,4 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["Engine", "RunOptions", "RunResult", "normalise", "parse_score"]
+__all__ = ["Engine", "JudgeBelowThreshold", "RunOptions", "RunResult", "normalise", "parse_score"]

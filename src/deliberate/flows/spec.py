@@ -20,7 +20,7 @@ BUILTIN_NAMES = {"item": "the current element of a for_each step",
 #: The fields that only some kinds accept (everything else is common to all kinds).
 KIND_FIELDS: dict[str, set[str]] = {
     "generate": {"prompt", "system", "for_each"},
-    "judge": {"target", "rubric", "threshold", "retries", "scale", "system"},
+    "judge": {"target", "rubric", "threshold", "retries", "scale", "system", "on_fail"},
     "vote": {"from_", "tie"},
     "function": {"with_"},
 }
@@ -82,6 +82,10 @@ class Step(_Model):
     threshold: float | None = Field(None, description="judge: the score to reach")
     retries: int = Field(2, ge=0, le=10, description="judge: re-runs of the target at most")
     scale: int = Field(10, ge=2, le=100, description="judge: scores run from 1 to scale")
+    on_fail: Literal["keep_best", "fail"] = Field(
+        "keep_best", description="judge: when no attempt reaches the threshold, keep the best draft and "
+        "go on (shown as below threshold), or fail the run"
+    )
     # vote
     from_: str | None = Field(None, alias="from", description="vote: the for_each step voted over")
     tie: Literal["first", "last", "shortest", "longest"] = Field(

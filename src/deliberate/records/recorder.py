@@ -24,6 +24,7 @@ from ..engine.events import (
     CallFinished,
     Event,
     GatewayNotice,
+    JudgeDecided,
     JudgeScored,
     RoundFinished,
     RunFinished,
@@ -43,7 +44,8 @@ _TOTALLED = ("cache_hit", "prompt_tokens", "completion_tokens", "cost_usd")
 _HEAD = ("schema_version", "kind", "run_id", "parent_run_id", "created_at", "flow_name", "flow_source",
          "flow_hash", "flow", "inputs", "options", "order", "output_step", "reused_steps",
          "deliberate_version")
-_TAIL = ("status", "finished_at", "rounds", "events", "output", "error", "error_type", "totals")
+_TAIL = ("status", "finished_at", "rounds", "events", "output", "error", "error_type", "totals",
+         "below_threshold")
 
 
 def _now() -> float:
@@ -57,7 +59,7 @@ def _new_step(name: str, kind: str) -> dict[str, Any]:
     return {"name": name, "kind": kind, "status": "pending", "round": 1, "started_at": None,
             "finished_at": None, "value": None, "output": None, "skipped_when": None, "decided_by": None,
             "error": None, "error_type": None, "calls": [], "failures": [], "judge": [], "vote": None,
-            "rounds": []}
+            "rounds": [], "verdict": None}
 
 
 class Recorder:
@@ -91,6 +93,9 @@ class Recorder:
 
     # -- events -------------------------------------------------------------------------------
     wants_tokens = False  # streamed text is not recorded; each call's whole answer is
+    # The record is the product: if this subscriber raises, the engine fails the run instead of
+    # logging and going on as it does for a view or a plugin (see Engine: subscriber_failed).
+    critical = True
 
     def __call__(self, event: Event) -> None:
         handler = _STEP_HANDLERS.get(type(event))
@@ -146,6 +151,19 @@ class Recorder:
                               "passed": event.passed, "feedback": event.feedback})
         self._changed(step)
 
+    def _judge_decided(self, event: JudgeDecided, step: dict[str, Any]) -> None:
+        step["verdict"] = {"outcome": "passed" if event.passed else "below_threshold", "score": event.score,
+                           "threshold": event.threshold, "scale": event.scale, "attempts": event.attempts,
+                           "on_fail": event.on_fail}
+        self._changed(step)
+        self._judges_below()
+
+    def _judges_below(self) -> None:
+        assert self.data is not None
+        self.data["below_threshold"] = [
+            n for n, s in self.data["steps"].items()
+            if s["status"] not in ("pending", "skipped") and (s.get("verdict") or {}).get("outcome") == "below_threshold"]
+
     def _vote_decided(self, event: VoteDecided, step: dict[str, Any]) -> None:
         step["vote"] = {"counts": event.counts, "winner": event.winner, "tie": event.tie,
                         "tie_rule": event.tie_rule, "tied": event.tied}
@@ -157,7 +175,7 @@ class Recorder:
             rec.update(status="running", error=None, error_type=None, finished_at=None)
             for s in rec["steps"].values():
                 if s["status"] in ("running", "failed"):
-                    s["status"] = "pending"
+                    s.update(status="pending", verdict=None)
         else:
             rec = {
                 "schema_version": SCHEMA_VERSION, "kind": RECORD_KIND, "run_id": event.run_id,
@@ -170,6 +188,7 @@ class Recorder:
                 "rounds": [], "events": [], "output": None, "error": None, "error_type": None,
                 "totals": {"steps": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
                            "cost_usd": 0.0, "wall_s": 0.0},
+                "below_threshold": [],
             }
         self.data = rec
         # Secrets never reach a record: every piece is scrubbed as encoded, whatever field held them.
@@ -222,14 +241,17 @@ class Recorder:
             if s["status"] == "running":
                 s["status"] = "failed" if event.status == "failed" else "pending"
                 self._steps.pop(s["name"], None)
+        self._judges_below()  # reused judges too
         self._changed(None)
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
-        if self.path is not None:
-            _WRITER.write_now(self.path, self.encoded(), durable=self.durable)
-        if self.lock is not None:
-            self.lock.release()
+        try:
+            if self.path is not None:
+                _WRITER.write_now(self.path, self.encoded(), durable=self.durable)
+        finally:  # a final write that fails (the engine then fails the run) still frees the lock
+            if self.lock is not None:
+                self.lock.release()
 
     # -- encoding -----------------------------------------------------------------------------
     def _changed(self, step: dict[str, Any] | None, save: bool = False) -> None:
@@ -283,7 +305,8 @@ _STEP_HANDLERS: dict[type, Any] = {
     StepStarted: Recorder._step_started, CallFinished: Recorder._call_finished,
     CallFailed: Recorder._call_failed, StepFinished: Recorder._step_finished,
     StepSkipped: Recorder._step_skipped, StepFailed: Recorder._step_failed,
-    JudgeScored: Recorder._judge_scored, VoteDecided: Recorder._vote_decided,
+    JudgeScored: Recorder._judge_scored, JudgeDecided: Recorder._judge_decided,
+    VoteDecided: Recorder._vote_decided,
 }
 
 

@@ -18,14 +18,16 @@ from ..engine.events import (
     Token,
 )
 from ..records.recorder import Recorder
-from .render import step_tree, summary_line
+from ..safetext import clean
+from .render import attempts_text, below_threshold, step_tree, summary_line
 
 
 class LiveView:
     """Shows the steps as a tree with state, streaming tokens, time, tokens and cost per step.
 
     On a terminal it redraws in place (rich Live); elsewhere it prints one line per finished step,
-    so logs of CI runs stay readable."""
+    so logs of CI runs stay readable. Names, errors and model text are cleaned and printed as
+    ``Text``, never as markup (see ``render``)."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -51,14 +53,11 @@ class LiveView:
             for key in [k for k in self.streaming if k.split("\x00")[0] == event.step]:
                 del self.streaming[key]
             if not self.interactive:
-                step = rec.steps[event.step]
-                icon = {"succeeded": "ok", "reused": "reused", "failed": "FAILED", "skipped": "skipped"}.get(
-                    step.status, step.status)
-                extra = f" ({step.error})" if step.error else ""
-                self.console.print(f"  {icon:8} {event.step}{extra}", highlight=False)
+                self.console.print(self.plain_line(event.step), highlight=False, soft_wrap=True)
         elif isinstance(event, GatewayNotice) and not self.interactive:
             ev = event.event
-            self.console.print(f"  {ev.kind:8} {ev.endpoint} {ev.detail}", highlight=False, style="yellow")
+            self.console.print(Text(f"  {ev.kind:8} {clean(ev.endpoint)} {clean(ev.detail)}", style="yellow"),
+                               highlight=False, soft_wrap=True)
         if self.interactive:
             if self.live is None:
                 # get_renderable: every refresh re-renders, so running steps' clocks keep moving
@@ -70,7 +69,20 @@ class LiveView:
         if isinstance(event, RunFinished):
             self.stop()
             if not self.interactive:
-                self.console.print(summary_line(rec))
+                self.console.print(summary_line(rec), soft_wrap=True)  # one line each: greppable logs
+
+    def plain_line(self, name: str) -> Text:
+        """One finished step, as printed when stderr is not a terminal."""
+        rec = self.recorder.record
+        assert rec is not None
+        step = rec.steps[name]
+        icon = {"succeeded": "ok", "reused": "reused", "failed": "FAILED", "skipped": "skipped"}.get(
+            step.status, step.status)
+        extra = f" ({clean(step.error)})" if step.error else ""
+        below = below_threshold(step)
+        if below is not None and step.status != "failed":
+            icon, extra = "below", f" ({attempts_text(below)}, threshold {below.threshold:g})"
+        return Text(f"  {icon:8} {clean(name)}{extra}", style="yellow" if icon == "below" else "")
 
     def render(self) -> Any:
         from rich.console import Group
@@ -85,4 +97,4 @@ class LiveView:
             self.live = None
 
     def note(self, text: str) -> None:
-        self.console.print(Text(text, style="dim"))
+        self.console.print(Text(clean(text), style="dim"))
