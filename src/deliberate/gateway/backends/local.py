@@ -51,6 +51,7 @@ from .local_batching import (
 from .local_kernels import pack_linears
 from .local_sources import (
     MARKER,
+    SAFE_LOAD,
     LoadedModel,
     ModelSource,
     Progress,
@@ -421,9 +422,9 @@ class LocalBackend:
         folder, name = source.path.parent, source.path.name
         try:
             with _quick_gguf():
-                tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+                tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, **SAFE_LOAD)
                 model = AutoModelForCausalLM.from_pretrained(
-                    folder, gguf_file=name, **_dtype_kw(torch.float32)
+                    folder, gguf_file=name, **_dtype_kw(torch.float32), **SAFE_LOAD
                 )
                 model.eval()
         except Exception as exc:

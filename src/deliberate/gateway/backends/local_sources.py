@@ -26,6 +26,9 @@ logger = logging.getLogger("deliberate.local")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # owner/name, not a path
 MARKER = "deliberate-source.json"  # written last into a converted folder: its presence means complete
+# Every from_pretrained: files on this machine only, and never a model's own Python code. Weights
+# come from safetensors (folders: use_safetensors=True, so a pickle-based .bin is refused) or GGUF.
+SAFE_LOAD: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
 Progress = Callable[[str], None]
 
 
@@ -237,7 +240,7 @@ def _load_folder(folder: Path, plan: LoadPlan, device: str) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, plan.dtype)
-    kw: dict[str, Any] = {**_dtype_kw(dtype), "local_files_only": True}
+    kw: dict[str, Any] = {**_dtype_kw(dtype), **SAFE_LOAD, "use_safetensors": True}
     if plan.quantization != "none":
         try:
             import bitsandbytes  # noqa: F401
@@ -256,7 +259,7 @@ def _load_folder(folder: Path, plan: LoadPlan, device: str) -> tuple[Any, Any]:
         kw["device_map"] = device
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **kw).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **SAFE_LOAD)
     except Exception as exc:
         if "out of memory" in str(exc).lower():
             raise CapacityError(f"loading {folder.name} ran out of memory on {device}: {exc}") from exc
