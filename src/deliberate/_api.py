@@ -16,7 +16,7 @@ from .flows.spec import Flow
 from .gateway.gateway import Gateway
 from .gateway.layers import Budget
 from .records.recorder import Recorder
-from .records.store import recent_history
+from .records.store import is_run_id, recent_history
 from .registry import Registry, did_you_mean
 
 
@@ -123,6 +123,8 @@ async def run_flow_async(
             registry.model(key)
     if options.strategy:
         registry.strategy(options.strategy)
+    if run_id is not None and not is_run_id(run_id):
+        raise InputError(f"run id {run_id!r} is not a run id (26 characters: a ULID as deliberate writes them)")
     values = resolve_inputs(loaded.flow, inputs or {})
     check_input_size(values, registry)
     if gateway is None:

@@ -1,4 +1,9 @@
-"""``deliberate runs``, ``replay``, ``resume`` and ``cache``."""
+"""``deliberate runs``, ``replay``, ``resume`` and ``cache``.
+
+A record is untrusted input: whatever of it reaches the terminal goes through
+:mod:`deliberate.safetext` (``markup`` inside a Rich markup string, ``clean`` in a ``Text``), and
+a path is made from a run id only by :func:`deliberate.records.store.record_path`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..safetext import clean, markup
 from .common import err_console, fail, out_console, print_json
 
 if TYPE_CHECKING:
@@ -24,6 +30,22 @@ def _runs_dir() -> Path:
     return get_settings().runs_dir
 
 
+def _when(ts: float) -> str:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):  # a time no clock shows (a hand-edited record)
+        return "-"
+
+
+def _cell(value: object) -> Any:
+    """A table cell of record text: Rich reads a plain string cell as markup, never a ``Text``."""
+    from rich.text import Text
+
+    return Text(clean(value))
+
+
 @runs_app.callback()
 def _runs_default(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is None:
@@ -34,8 +56,6 @@ def _runs_default(ctx: typer.Context) -> None:
 def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1),
               json_out: bool = typer.Option(False, "--json")) -> None:
     """Recent runs, newest first."""
-    import datetime as dt
-
     from rich.table import Table
 
     from ..records.store import list_records
@@ -45,15 +65,14 @@ def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1),
         print_json([r.summary() for r in recs])
         return
     if not recs:
-        err_console().print(f"no runs in {_runs_dir()}")
+        err_console().print(f"no runs in {markup(_runs_dir())}")
         return
-    table = Table(title=f"runs in {_runs_dir()}")
+    table = Table(title=f"runs in {markup(_runs_dir())}")
     for col in ("run id", "when", "flow", "status", "calls", "tokens", "cost", "wall"):
         table.add_column(col)
     for r in recs:
         t = r.totals
-        when = dt.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(r.run_id, when, r.flow_name, r.status, str(t.calls),
+        table.add_row(_cell(r.run_id), _when(r.created_at), _cell(r.flow_name), _cell(r.status), str(t.calls),
                       str(t.prompt_tokens + t.completion_tokens), f"${t.cost_usd:.4f}", f"{t.wall_s:.1f}s")
     out_console().print(table)
 
@@ -73,11 +92,11 @@ def _show(run: str, json_out: bool) -> None:
     if json_out:
         print_json({**rec.summary(), "output": rec.output})
         return
-    err_console().print(full_view(rec, verbose=True))
+    err_console().print(full_view(rec, verbose=True))  # ui.render cleans what it shows
     if rec.output is not None:
         out_console().print(answer(rec))
     elif rec.error:
-        err_console().print(f"[red]{rec.error}[/]")
+        err_console().print(f"[red]{markup(rec.error)}[/]")
 
 
 @runs_app.command("diff")
@@ -99,14 +118,14 @@ def diff_runs(a: str = typer.Argument(..., help="Run id, id prefix or record pat
         print_json({"a": ra.run_id, "b": rb.run_id, "same_output": ra.output == rb.output, "steps": rows,
                     "totals": {"a": ra.totals.model_dump(), "b": rb.totals.model_dump()}})
         return
-    table = Table(title=f"{ra.run_id} ({ra.flow_name}) vs {rb.run_id} ({rb.flow_name})")
+    table = Table(title=f"{markup(ra.run_id)} ({markup(ra.flow_name)}) vs {markup(rb.run_id)} ({markup(rb.flow_name)})")
     for col in ("step", "output", "status", "models", "tokens", "cost"):
         table.add_column(col)
     for r in rows:
         fa, fb = r["a"], r["b"]
-        table.add_row(r["step"], "same" if r["same_output"] else "[yellow]differs[/]",
+        table.add_row(_cell(r["step"]), "same" if r["same_output"] else "[yellow]differs[/]",
                       f"{fa['status']} / {fb['status']}",
-                      f"{','.join(fa['models']) or '-'} / {','.join(fb['models']) or '-'}",
+                      _cell(f"{','.join(fa['models']) or '-'} / {','.join(fb['models']) or '-'}"),
                       f"{fa['tokens']} / {fb['tokens']}", f"${fa['cost_usd']:.4f} / ${fb['cost_usd']:.4f}")
     ta, tb = ra.totals, rb.totals
     table.add_section()
@@ -122,7 +141,7 @@ def diff_runs(a: str = typer.Argument(..., help="Run id, id prefix or record pat
         lines = difflib.unified_diff((r["a"]["output"] or "").splitlines(), (r["b"]["output"] or "").splitlines(),
                                      f"{ra.run_id}:{r['step']}", f"{rb.run_id}:{r['step']}", lineterm="", n=2)
         text = "\n".join(list(lines)[:60])
-        con.print(Text(text or f"{r['step']}: outputs differ only in whitespace", style="dim"))
+        con.print(Text(clean(text or f"{r['step']}: outputs differ only in whitespace"), style="dim"))
 
 
 def replay(
@@ -163,7 +182,7 @@ def replay(
         if json_out:
             print_json({"run_id": rec.run_id, "report": str(html)})
         else:
-            err_console().print(f"report: {html}")
+            err_console().print(f"report: {markup(html)}")
         return
     registry = Registry.load()
     new_flow = load_flow(flow_file, registry) if flow_file else None
@@ -180,7 +199,7 @@ def replay(
         _write_report(child, html)
         doc["report"] = str(html)
         if not json_out:
-            err_console().print(f"report: {html}")
+            err_console().print(f"report: {markup(html)}")
     if verify:
         code = _verify(rec, child, code, doc, json_out)
     elif json_out:
@@ -208,7 +227,7 @@ def _execute(plan: Plan, registry: Registry, *, json_out: bool, quiet: bool, par
     new_id = run_id or str(ULID())
     if not json_out:
         for n in plan.notes:
-            err_console().print(f"[dim]{n}[/]")
+            err_console().print(f"[dim]{markup(n)}[/]")
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured) if json_out else contextlib.nullcontext():
         code = execute(plan.loaded, plan.inputs, RunOptions.from_dict(plan.options), registry, json_out=json_out,
@@ -252,21 +271,22 @@ def _verify(rec: RunRecord, child: RunRecord | None, code: int, doc: dict[str, A
     else:
         con = err_console()
         if differs:
-            con.print(f"[yellow]outputs differ[/] from {rec.run_id} in: {', '.join(differs)}")
+            con.print(f"[yellow]outputs differ[/] from {markup(rec.run_id)} in: {markup(', '.join(differs))}")
         else:
-            con.print(f"[green]identical[/]: every step's output matches {rec.run_id}")
+            con.print(f"[green]identical[/]: every step's output matches {markup(rec.run_id)}")
         for h in hints:
-            con.print(f"[dim]{h}[/]")
+            con.print(f"[dim]{markup(h)}[/]")
     return 1 if differs and code == 0 else code
 
 
 def _write_report(rec: RunRecord, html: Path) -> None:
+    from ..errors import InputError
     from ..records.report import write_report
 
     try:
         write_report(rec, html)
     except OSError as exc:
-        fail(f"--html {html}: {exc.strerror or exc}")
+        raise InputError(f"cannot write the report: {exc.strerror or exc}", where=f"--html {html}") from None
 
 
 def resume(
@@ -275,24 +295,27 @@ def resume(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Finish a run that crashed or was interrupted; finished steps are not called again."""
+    from ..errors import RecordError
     from ..records.replay import plan_resume
-    from ..records.store import find, load, record_path
+    from ..records.store import find, is_live, load, record_path
     from ..registry import Registry
 
     path = find(record, _runs_dir())
-    rec = load(path)
-    from ..errors import RecordError
-    from ..records.store import is_live
-
+    rec = load(path)  # checks the run id, so the target below is a file in runs/
     if is_live(path):
         raise RecordError(f"run {rec.run_id} is still running in another process", where=str(path),
                           hint="wait for it, or stop it (Ctrl-C) and resume then")
+    target = record_path(_runs_dir(), rec.run_id)
+    elsewhere = path.resolve() != target.resolve()
+    if elsewhere and target.exists():
+        # a record from elsewhere never overwrites the one runs/ holds under the same id
+        raise RecordError(f"{target} already holds run {rec.run_id}", where=str(path),
+                          hint=f"resume that one: deliberate resume {rec.run_id}")
     registry = Registry.load()
     plan = plan_resume(rec, registry)
     plan.notes.insert(0, f"resuming {rec.run_id}: {len(plan.preset)} finished step(s) kept; "
                       f"running: {', '.join(plan.rerun) or 'nothing'}")
-    target = record_path(_runs_dir(), rec.run_id)
-    if path.resolve() != target.resolve():
+    if elsewhere:
         plan.notes.append(f"the resumed run is recorded in {target}; {path} is left as it is")
     code, doc, _child = _execute(plan, registry, json_out=json_out, quiet=quiet, parent_run_id=rec.parent_run_id,
                                  run_id=rec.run_id)
@@ -319,7 +342,7 @@ def cache_list(json_out: bool = typer.Option(False, "--json")) -> None:
     if json_out:
         print_json({"dir": str(cache.directory), "entries": len(entries), "bytes": size})
         return
-    out_console().print(f"{len(entries)} cached answers, {size} bytes, in {cache.directory}")
+    out_console().print(f"{len(entries)} cached answers, {size} bytes, in {markup(cache.directory)}")
 
 
 @cache_app.command("clear")

@@ -9,8 +9,13 @@ See docs/records.md.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
 
 from ..errors import InputError, RecordError
 from ..flows.graph import descendants
@@ -18,6 +23,7 @@ from ..flows.loader import LoadedFlow, load_flow_data
 from ..flows.spec import Defaults, Flow
 from ..registry import Registry, did_you_mean
 from .schema import RunRecord
+from .store import validation_problem
 
 DONE = ("succeeded", "reused", "skipped")
 
@@ -35,12 +41,88 @@ class Plan:
     base: RunRecord | None = None  # resume: the record to continue, tidied for the steps that re-run
 
 
+class _Options(BaseModel):
+    """The run options a record holds, as the engine takes them (what ``deliberate run`` accepts)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    models: dict[str, str] = Field(default_factory=dict)
+    strategy: str | None = None
+    rounds: int | None = Field(None, ge=1, le=20)
+    seed: int | None = None
+    max_cost: float | None = Field(None, ge=0, allow_inf_nan=False)
+    temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
+
+
+def recorded_options(record: RunRecord) -> dict[str, Any]:
+    """The record's options, checked: a record is untrusted input, and the engine takes these as
+    they are."""
+    data = dict(record.options)
+    if data.get("models") is None:
+        data["models"] = {}
+    try:
+        return _Options.model_validate(data).model_dump()
+    except PydanticValidationError as exc:
+        raise RecordError(f"invalid run record: options.{validation_problem(exc)}",
+                          where=f"{record.run_id}.json") from None
+
+
 def recorded_flow(record: RunRecord, registry: Registry | None) -> LoadedFlow:
     """The flow exactly as the run used it, validated again."""
     try:
         return load_flow_data(record.flow, f"{record.run_id}.json#flow", registry)
     except InputError as exc:
         raise RecordError(f"the recorded flow no longer validates: {exc.line()}") from None
+    except RecursionError:
+        raise RecordError("the recorded flow no longer validates: nested too deeply",
+                          where=f"{record.run_id}.json#flow") from None
+
+
+def _value_shape_ok(v: Any) -> bool:
+    """Whether a recorded step value has the shape :func:`engine.values.to_json` writes."""
+    if not isinstance(v, dict) or "type" not in v:
+        return True  # read back as its text
+    kind = v["type"]
+    if kind == "verdict":
+        score = v.get("score")
+        return (isinstance(score, int | float) and not isinstance(score, bool) and math.isfinite(score)
+                and isinstance(v.get("passed"), bool) and isinstance(v.get("feedback"), str)
+                and _is_int(v.get("attempts")) and _is_int(v.get("scale", 10)))
+    if kind == "branches":
+        branches = v.get("branches")
+        return isinstance(branches, list) and all(
+            isinstance(b, dict) and isinstance(b.get("text"), str) and _is_int(b.get("index", 0))
+            and isinstance(b.get("model", ""), str) for b in branches)
+    if kind == "data":
+        return isinstance(v.get("data"), dict | list)
+    return isinstance(v.get("text", ""), str)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def recorded_values(record: RunRecord, names: Iterable[str]) -> dict[str, Any]:
+    """The recorded values of ``names`` (the steps a replay or resume keeps), checked: the engine
+    reads them back as a step's output."""
+    from ..engine.values import as_text, from_json, to_json
+
+    out = {}
+    for n in names:
+        value = record.steps[n].value
+        ok = _value_shape_ok(value)
+        if ok:
+            try:
+                back = from_json(value)
+                as_text(back)
+                to_json(back)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError):
+                ok = False
+        if not ok:
+            raise RecordError(f"invalid run record: steps.{n}.value: not a step value as deliberate records it",
+                              where=f"{record.run_id}.json")
+        out[n] = value
+    return out
 
 
 def close(loaded: LoadedFlow, names: set[str]) -> set[str]:
@@ -93,9 +175,11 @@ def changed_steps(record: RunRecord, new_flow: LoadedFlow) -> set[str]:
     except Exception:  # a record of an older grammar: compare the raw specs
         old = None
     out = set()
+    old_steps = record.flow.get("steps")
+    old_steps = old_steps if isinstance(old_steps, dict) else {}
     for name in new_flow.flow.steps:
         if old is None:
-            if record.flow.get("steps", {}).get(name) != new_flow.data["steps"].get(name):
+            if old_steps.get(name) != new_flow.data["steps"].get(name):
                 out.add(name)
         elif name not in old.steps or _effective(old, name) != _effective(new_flow.flow, name):
             out.add(name)
@@ -118,7 +202,8 @@ def plan_from(record: RunRecord, step: str, registry: Registry | None,
         if name != "*" and name not in steps:
             raise InputError(f"--model {name}={key}: the flow has no step {name!r}",
                              hint=did_you_mean(name, list(steps)))
-    old_models = dict(record.options.get("models") or {})
+    recorded = recorded_options(record)
+    old_models = dict(recorded["models"])
     new_models = {**old_models, **models}
     notes: list[str] = []
     downstream = close(loaded, {step})
@@ -147,12 +232,12 @@ def plan_from(record: RunRecord, step: str, registry: Registry | None,
     if loop and rerun & set(loop.steps) and step in loop.steps:
         notes.append(f"{step} is in the rounds block: re-running the block ({', '.join(loop.steps)}) "
                      "from round 1")
-    preset = {n: record.steps[n].value for n in steps if n not in rerun}
+    preset = recorded_values(record, [n for n in steps if n not in rerun])
     inputs = {k: v for k, v in record.inputs.items() if k in loaded.flow.inputs}
     dropped = sorted(set(record.inputs) - set(inputs))
     if dropped:
         notes.append(f"the edited flow has no input {', '.join(dropped)}; dropped")
-    options = {**record.options, "models": new_models}
+    options = {**recorded, "models": new_models}
     return Plan(loaded, inputs, options, preset, [n for n in loaded.order if n in rerun], notes)
 
 
@@ -169,7 +254,8 @@ def plan_rerun(record: RunRecord, registry: Registry | None, new_flow: LoadedFlo
                models: dict[str, str] | None = None) -> Plan:
     """The whole flow again with the recorded inputs and settings (``models`` added on top)."""
     loaded = new_flow or recorded_flow(record, registry)
-    options = {**record.options, "models": {**(record.options.get("models") or {}), **(models or {})}}
+    recorded = recorded_options(record)
+    options = {**recorded, "models": {**recorded["models"], **(models or {})}}
     inputs = {k: v for k, v in record.inputs.items() if k in loaded.flow.inputs}
     notes = [f"re-running {record.run_id} ({record.flow_name}) with the same inputs and settings"]
     return Plan(loaded, inputs, options, {}, list(loaded.order), notes)
@@ -184,7 +270,8 @@ def plan_resume(record: RunRecord, registry: Registry | None) -> Plan:
     loaded = recorded_flow(record, registry)
     done = finished_steps(record, loaded)
     rerun = close(loaded, set(loaded.flow.steps) - done)
-    preset = {n: record.steps[n].value for n in loaded.flow.steps if n not in rerun}
+    preset = recorded_values(record, [n for n in loaded.flow.steps if n not in rerun])
+    options = recorded_options(record)
     notes: list[str] = []
     base = record.model_copy(deep=True)
     loop = loaded.flow.rounds
@@ -199,7 +286,6 @@ def plan_resume(record: RunRecord, registry: Registry | None) -> Plan:
         if record.rounds:
             notes.append(f"the rounds block ({', '.join(loop.steps)}) had not finished; "
                          "running it again from round 1")
-    options = dict(record.options)
     spent = sum(c.cost_usd for s in record.steps.values() for c in s.calls)
     if options.get("max_cost") is not None and spent:
         options["max_cost"] = max(0.0, float(options["max_cost"]) - spent)

@@ -4,7 +4,9 @@ output, model, timings, tokens and cost, rounds, judge scores, votes, and the ru
 Nothing is fetched to view it: CSS and the few lines of JS are inline, and a Content Security
 Policy forbids every other source. Every piece of user or model text goes through
 :func:`html.escape`; the CSP allows only the page's own script (by hash), so even a slip in the
-escaping could not run a script from a model's output.
+escaping could not run a script from a model's output. A record is untrusted input: a field of
+an unexpected shape (a hand-edited flow, a malformed step value) is shown as it is or left out,
+never a crash. The finished page is scrubbed of secret values (:func:`deliberate.config.scrub`).
 """
 
 from __future__ import annotations
@@ -27,14 +29,24 @@ NODE_W, NODE_H, GAP_X, GAP_Y, PAD, VIRTUAL_W = 176, 58, 36, 56, 24, 8
 def write_report(record: RunRecord, path: Path) -> None:
     """Write the report of ``record`` to ``path`` (atomically), readable as any file the user
     creates (a report is made to be shared; the temp file it is renamed from is private)."""
-    write_atomic(path, render_report(record))
+    write_atomic(path, render_report(record))  # scrubbed of secrets
     umask = os.umask(0)
     os.umask(umask)
     path.chmod(0o666 & ~umask)
 
 
 def render_report(record: RunRecord) -> str:
-    """The report as HTML text."""
+    """The report as HTML text, without any secret value (as the text is, or HTML-escaped)."""
+    from ..config import scrub, secret_values
+
+    secrets = secret_values()
+    html = _render(record)
+    if not secrets:
+        return html
+    return scrub(html, secrets, extra=[e(v) for v in secrets if e(v) != v])
+
+
+def _render(record: RunRecord) -> str:
     body = "\n".join([
         _header(record),
         _section("Flow", _graph(record)),
@@ -73,7 +85,21 @@ def _anchor(name: str) -> str:
 def _when(ts: float | None) -> str:
     if not ts:
         return "-"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, ValueError, OSError):  # no clock shows it: a hand-edited record
+        return "-"
+
+
+def _rounds_spec(r: RunRecord) -> dict[str, Any]:
+    """The recorded flow's ``rounds`` block, or ``{}`` if it has none (or not as a mapping)."""
+    spec = r.flow.get("rounds")
+    return spec if isinstance(spec, dict) else {}
+
+
+def _names(value: Any) -> list[str]:
+    """The strings of a recorded list of step names (anything else left out)."""
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def _secs(s: float | None) -> str:
@@ -139,10 +165,10 @@ def _answer(r: RunRecord) -> str:
 def _rounds(r: RunRecord) -> str:
     if not r.rounds:
         return ""
-    spec = r.flow.get("rounds") or {}
+    spec = _rounds_spec(r)
     rows = "".join(f"<tr><td>{x.round}</td><td>{e(x.stop_reason or 'continue')}</td>"
                    f"<td>{e(x.until_value)}</td><td>{e(_when(x.at))}</td></tr>" for x in r.rounds)
-    head = (f"<p>steps {e(', '.join(spec.get('steps', [])))} · max {e(spec.get('max', ''))}"
+    head = (f"<p>steps {e(', '.join(_names(spec.get('steps'))))} · max {e(spec.get('max', ''))}"
             + (f" · until <code>{e(spec['until'])}</code>" if spec.get("until") else "") + "</p>")
     return _section("Rounds", head + '<table class="grid"><tr><th>round</th><th>stop</th><th>until</th>'
                     f"<th>at</th></tr>{rows}</table>")
@@ -251,7 +277,7 @@ def _graph(r: RunRecord) -> str:
     lay = layout(order, deps)
     pos = lay.box
     w, h = lay.width + 60, lay.height
-    loop = set((r.flow.get("rounds") or {}).get("steps", []))
+    loop = set(_names(_rounds_spec(r).get("steps")))
     parts = [f'<svg class="graph" xmlns="http://www.w3.org/2000/svg" width="{w:.0f}" height="{h:.0f}" '
              f'viewBox="0 0 {w:.0f} {h:.0f}" role="img" aria-label="flow graph">',
              '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
@@ -274,9 +300,9 @@ def _graph(r: RunRecord) -> str:
                 d += f" L{x2:.0f},{y2:.0f}"
         parts.append(f'<path class="edge" d="{d}" marker-end="url(#arrow)"><title>{e(dst)} reads {e(src)}'
                      "</title></path>")
-    carry = (r.flow.get("rounds") or {}).get("carry", {}) or {}
-    for reader, writer in carry.items():
-        if reader in pos and writer in pos:  # the loop's feedback edge, drawn on the right side
+    carry = _rounds_spec(r).get("carry")
+    for reader, writer in (carry.items() if isinstance(carry, dict) else ()):
+        if isinstance(writer, str) and reader in pos and writer in pos:  # the loop's feedback edge, drawn on the right side
             x1, y1 = pos[writer][0] + NODE_W, pos[writer][1] + NODE_H / 2
             x2, y2 = pos[reader][0] + NODE_W, pos[reader][1] + NODE_H / 2
             bend = max(x1, x2) + 50
@@ -329,7 +355,7 @@ def _step(r: RunRecord, s: StepRecord) -> str:
         facts += [("calls", str(len(calls))), ("tokens", e(f"{tokens_p:,} prompt / {tokens_c:,} completion")),
                   ("cost", e(_cost(sum(c.cost_usd for c in calls))))]
     if s.round > 1 or s.rounds:
-        facts.append(("rounds", str(max([s.round] + [int(x.get("round", 0)) for x in s.rounds]))))
+        facts.append(("rounds", str(max([s.round] + [_int(x.get("round")) for x in s.rounds]))))
     parts = [f'<article class="step {e(s.status)}" id="{_anchor(s.name)}">',
              f'<h3>{e(s.name)} {_badge(s.status)}</h3>',
              '<ul class="facts">' + "".join(f'<li><span class="k">{k}</span> {v}</li>' for k, v in facts) + "</ul>"]
@@ -371,13 +397,18 @@ def _step(r: RunRecord, s: StepRecord) -> str:
     return "\n".join(parts)
 
 
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
 def _value(s: StepRecord) -> str:
     v = s.value
-    if isinstance(v, dict) and v.get("type") == "branches":
+    if isinstance(v, dict) and v.get("type") == "branches" and isinstance(v.get("branches"), list):
+        branches = [b if isinstance(b, dict) else {"text": _plain(b)} for b in v["branches"]]
         items = "".join(f'<div class="branch"><div class="item">{e(_plain(b.get("item")))} '
                         f'<small>{e(b.get("model", "") if b.get("model") != b.get("item") else "")}</small>'
-                        f'</div>{_pre(b.get("text", ""), "output")}</div>' for b in v.get("branches", []))
-        return f"<h4>Output ({len(v.get('branches', []))} branches)</h4>{items}"
+                        f'</div>{_pre(b.get("text", ""), "output")}</div>' for b in branches)
+        return f"<h4>Output ({len(branches)} branches)</h4>{items}"
     if isinstance(v, dict) and v.get("type") == "verdict":
         ok = "passed" if v.get("passed") else "below threshold"
         return (f'<h4>Verdict</h4><p>score <b>{e(v.get("score"))}/{e(v.get("scale", 10))}</b> · {ok} · '
@@ -392,7 +423,10 @@ def _value(s: StepRecord) -> str:
 def _text_of(v: Any) -> str:
     from ..engine.values import as_text, from_json
 
-    return as_text(from_json(v))
+    try:
+        return as_text(from_json(v))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):  # not a value deliberate wrote
+        return _plain(v)
 
 
 def _call(i: int, c: CallRecord) -> str:

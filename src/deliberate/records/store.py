@@ -2,22 +2,58 @@
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import from_json
 
 from ..errors import RecordError
+from ..safetext import clean
 from .schema import RECORD_KIND, SCHEMA_VERSION, RunRecord
 
 MAX_RECORD_BYTES = 200_000_000
 
+#: A run id as deliberate makes them (``str(ulid.ULID())``, for ``run``, ``replay`` and a resumed
+#: run alike): 26 characters of Crockford's base 32, upper case, the first at most 7 (48-bit time).
+#: A record is untrusted input: a run id from one is checked against this before it names a file.
+RUN_ID_PATTERN = r"[0-7][0-9A-HJKMNP-TV-Z]{25}"
+_RUN_ID = re.compile(RUN_ID_PATTERN)
+# what is looked up as an id prefix: letters and digits only, so never a path or a glob pattern
+_RUN_ID_PREFIX = re.compile(r"[0-9A-Z]{1,26}")
+_NOT_A_RUN_ID = "not a run id (deliberate's run ids are ULIDs: 26 characters such as 01J9Z3QK8M7T2V4X6Y8Z0A1B2C)"
+
+
+def is_run_id(value: object) -> bool:
+    """Whether ``value`` is a run id as deliberate makes them (see :data:`RUN_ID_PATTERN`)."""
+    return isinstance(value, str) and _RUN_ID.fullmatch(value) is not None
+
 
 def record_path(runs_dir: Path, run_id: str) -> Path:
-    return runs_dir / f"{run_id}.json"
+    """``runs_dir/<run_id>.json``: the one way a path is made from a run id. Anything but a run id
+    (``../../x``, ``a/b``, ``*``) is refused, and so is a result that resolves outside ``runs_dir``
+    (a symlink there pointing elsewhere)."""
+    if not is_run_id(run_id):
+        raise RecordError(f"{_shown(run_id)} is {_NOT_A_RUN_ID}", where=str(runs_dir))
+    path = runs_dir / f"{run_id}.json"
+    base = runs_dir.resolve()
+    if path.resolve().parent != base:
+        raise RecordError(f"{path} leads outside the runs directory {base}", where=str(runs_dir),
+                          hint="a record's file must be a file in the runs directory, not a link out of it")
+    return path
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A piece of a record, as an error message quotes it: printable, short, a string quoted."""
+    try:
+        text = clean(value if isinstance(value, str) else repr(value))
+    except ValueError:  # an int of thousands of digits
+        text = f"<{type(value).__name__}>"
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return repr(text) if isinstance(value, str) else text
 
 
 def lock_path(record: Path) -> Path:
@@ -112,45 +148,116 @@ def save(record: RunRecord, runs_dir: Path) -> Path:
 
 
 def load(path: Path) -> RunRecord:
-    """Load and validate a record; one clean error for a missing, corrupt or foreign file."""
+    """Load and validate a record; one clean error (:class:`RecordError`) for a missing, corrupt,
+    foreign or malformed file, whatever it holds: a record is untrusted input."""
     where = str(path)
-    if not path.exists():
-        raise RecordError("no such run record", where=where, hint="see: deliberate runs list")
-    if path.is_dir():
-        raise RecordError("is a directory, not a run record", where=where)
-    if path.stat().st_size > MAX_RECORD_BYTES:
-        raise RecordError("file is too large to be a run record", where=where)
     try:
-        data: Any = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise RecordError("not a run record (not UTF-8 text)", where=where) from None
-    except json.JSONDecodeError as exc:
-        raise RecordError(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                          "the file is truncated or corrupt", where=where) from None
+        if not path.exists():
+            raise RecordError("no such run record", where=where, hint="see: deliberate runs list")
+        if path.is_dir():
+            raise RecordError("is a directory, not a run record", where=where)
+        if not path.is_file():
+            raise RecordError("not a regular file, so not a run record", where=where)
+        if path.stat().st_size > MAX_RECORD_BYTES:
+            raise RecordError("file is too large to be a run record", where=where)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RecordError(f"cannot read the run record: {exc.strerror or exc}", where=where) from None
+    try:
+        # pydantic-core's parser: no NaN or Infinity (never in a record), no lone surrogates, and
+        # nesting is capped (about 200 levels; the recorder itself cannot write past 255)
+        data: Any = from_json(raw, allow_inf_nan=False)
+    except (ValueError, RecursionError, MemoryError) as exc:
+        text = str(exc)
+        if isinstance(exc, RecursionError) or "recursion limit" in text:
+            raise RecordError("invalid run record: nested too deeply", where=where) from None
+        if isinstance(exc, MemoryError):
+            raise RecordError("invalid run record: too large to read", where=where) from None
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RecordError("not a run record (not UTF-8 text)", where=where) from None
+        raise RecordError(f"not valid JSON ({clean(text)}); the file is truncated or corrupt", where=where) from None
     if not isinstance(data, dict) or data.get("kind") != RECORD_KIND:
         raise RecordError("not a deliberate run record", where=where,
                           hint="pass a file from runs/ written by 'deliberate run'")
     version = data.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise RecordError(f"record schema version {version!r} is newer than this deliberate "
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise RecordError("invalid run record: schema_version: not a whole number", where=where)
+    if version > SCHEMA_VERSION:
+        raise RecordError(f"record schema version {_shown(version)} is newer than this deliberate "
                           f"understands ({SCHEMA_VERSION})", where=where, hint="upgrade deliberate")
     try:
-        return RunRecord.model_validate(data)
+        record = RunRecord.model_validate(data)
     except PydanticValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise RecordError(f"invalid run record: {field}: {err['msg']}", where=where) from None
+        raise RecordError(f"invalid run record: {validation_problem(exc)}", where=where) from None
+    except (RecursionError, MemoryError, ValueError, TypeError) as exc:
+        raise RecordError(f"invalid run record ({type(exc).__name__})", where=where) from None
+    _check(record, where)
+    return record
+
+
+def validation_problem(exc: PydanticValidationError) -> str:
+    """The first problem pydantic found, as ``field.path: message``, fit to quote from a record."""
+    err = exc.errors()[0]
+    return f"{'.'.join(_field(p) for p in err['loc'])}: {clean(err['msg'])}"
+
+
+def _field(part: object) -> str:
+    text = str(part)
+    return text if re.fullmatch(r"[A-Za-z0-9_]{1,60}", text) else _shown(part)
+
+
+def _check(record: RunRecord, where: str) -> None:
+    """What the schema alone does not say: ids that name files, and steps that agree with the
+    order and the flow (readers index ``steps`` by both)."""
+    if not is_run_id(record.run_id):
+        raise RecordError(f"invalid run record: run_id: {_NOT_A_RUN_ID}", where=where)
+    if record.parent_run_id is not None and not is_run_id(record.parent_run_id):
+        raise RecordError(f"invalid run record: parent_run_id: {_NOT_A_RUN_ID}", where=where)
+    for name in record.order:
+        if name not in record.steps:
+            raise RecordError(f"invalid run record: order: step {_shown(name)} has no entry in steps", where=where)
+    flow_steps = record.flow.get("steps")
+    if isinstance(flow_steps, dict):
+        for name in flow_steps:
+            if name not in record.steps:
+                raise RecordError(f"invalid run record: flow.steps: step {_shown(name)} has no entry in steps",
+                                  where=where)
+    for name, step in record.steps.items():
+        if step.name != name:
+            raise RecordError(f"invalid run record: steps.{_field(name)}.name: {_shown(step.name)} is not "
+                              "the step's key", where=where)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
 
 
 def find(ref: str, runs_dir: Path) -> Path:
-    """A record by path, by run id, or by a unique prefix of a run id."""
+    """A record by path, by run id, or by a unique prefix of a run id.
+
+    A path (``x.json``, or any existing file) is the user's choice and is taken as it is. A run
+    id or a prefix is only ever looked up inside ``runs_dir``: anything but the characters of a
+    run id (``/``, ``..``, glob characters) is refused, never globbed."""
     p = Path(ref)
-    if p.suffix == ".json" or p.exists():
+    if p.suffix == ".json" or _exists(p):
         return p
-    exact = record_path(runs_dir, ref)
-    if exact.exists():
-        return exact
-    matches = sorted(runs_dir.glob(f"{ref}*.json")) if runs_dir.is_dir() else []
+    prefix = ref.upper()  # Crockford's base 32 is read without regard to case
+    if not _RUN_ID_PREFIX.fullmatch(prefix):
+        raise RecordError(f"{_shown(ref)} is not a run id, a run id prefix or a record path",
+                          hint="see: deliberate runs list")
+    if is_run_id(prefix):
+        exact = record_path(runs_dir, prefix)
+        if _exists(exact):
+            return exact
+    try:
+        matches = sorted(runs_dir.glob(f"{prefix}*.json")) if runs_dir.is_dir() else []
+    except OSError:
+        matches = []
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
@@ -166,7 +273,7 @@ def list_records(runs_dir: Path, limit: int | None = None, flow: str | None = No
     for path in sorted(runs_dir.glob("*.json"), reverse=True):
         try:
             rec = load(path)
-        except RecordError:
+        except (RecordError, RecursionError, MemoryError):  # load makes both a RecordError; belt and braces
             continue
         if flow and rec.flow_name != flow:
             continue
