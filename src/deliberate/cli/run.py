@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ..safetext import markup
 from .common import err_console, error_markup, fail, out_console, print_json
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..services import RunOutcome, Services
+    from ..ui.live import LiveView
 
 
 def read_stdin(limit: int) -> str:
@@ -72,17 +79,16 @@ def run(
     cache: bool = typer.Option(False, "--cache", help="Reuse cached answers of deterministic calls."),
 ) -> None:
     """Run a flow on a prompt, live, and record it under runs/."""
-    from .._api import input_limit
     from ..engine.executor import RunOptions
     from ..flows.loader import load_flow
     from ..registry import Registry
+    from ..services import OutputOptions, RunRequest, input_limit, prompt_input
+    from ..services import run as run_service
 
     registry = Registry.load()
     loaded = load_flow(flow, registry)
     inputs = parse_inputs(input, input_limit(registry))
     if prompt is not None:
-        from .._api import prompt_input
-
         name = prompt_input(loaded.flow)
         if name is None:
             fail(f"flow {loaded.flow.name!r} takes no inputs; drop the PROMPT argument")
@@ -95,70 +101,72 @@ def run(
         inputs[name] = prompt
     options = RunOptions(models=parse_models(model), strategy=strategy, rounds=rounds, seed=seed,
                          max_cost=max_cost)
-    code = execute(loaded, inputs, options, registry, json_out=json_out, quiet=quiet,
-                   record=not no_record, cache=True if cache else None)
-    raise typer.Exit(code)
+    request = RunRequest(loaded, inputs, options, OutputOptions(record=not no_record, cache=True if cache else None))
+    view = Presenter(json_out, quiet)
+    outcome = view.call(lambda env: run_service(request, env), registry)
+    raise typer.Exit(view.show(outcome))
 
 
-def execute(loaded: Any, inputs: dict[str, Any], options: Any, registry: Any, *, json_out: bool,
-            quiet: bool, record: bool, cache: bool | None = None, preset: dict[str, Any] | None = None,
-            parent_run_id: str | None = None, run_id: str | None = None, notes: list[str] | None = None,
-            resume_from: Any = None, parent_record: Any = None) -> int:
-    """Run with the live view (or JSON) and return the exit code."""
-    from .._api import run_flow_async
-    from ..config import get_settings
-    from ..gateway.gateway import Gateway
-    from ..gateway.layers import ResponseCache
-    from ..ui.live import LiveView
-    from ..ui.render import answer
+class Presenter:
+    """The CLI's face over a service: a live view of the events (unless --json or --quiet), notes
+    and loading progress on stderr, and the outcome: the answer on stdout, or one JSON document."""
 
-    settings = get_settings()
-    console = err_console()
+    def __init__(self, json_out: bool, quiet: bool) -> None:
+        self.json_out, self.quiet = json_out, quiet
+        self.console: Console = err_console()
+        self.view: LiveView | None = None
 
-    def progress(message: str) -> None:
-        if not json_out:
-            console.print(f"[dim]{markup(message)}[/]", highlight=False)
+    def progress(self, message: str) -> None:
+        if not self.json_out:
+            self.console.print(f"[dim]{markup(message)}[/]", highlight=False)
 
-    gateway = Gateway(registry, settings=settings,  # run_flow_async sets the budget from options
-                      # cache: True/False from the caller wins; None follows DELIBERATE_CACHE
-                      cache=ResponseCache(settings.response_cache())
-                      if (settings.cache if cache is None else cache) else None,
-                      progress=progress)
-    subscribers: list[Any] = []
-    view = None
-    if not json_out and not quiet:
-        view = LiveView(console)
-        subscribers.append(view)
-        for n in notes or []:
-            view.note(n)
-    try:
-        outcome = asyncio.run(run_flow_async(loaded, inputs, options, registry=registry, gateway=gateway,
-                                             subscribers=subscribers, record=record, preset=preset,
-                                             parent_run_id=parent_run_id, run_id=run_id,
-                                             base_record=resume_from, parent_record=parent_record))
-    except KeyboardInterrupt:
-        if view:
-            view.stop()
-        console.print("[yellow]interrupted[/]: finished steps are kept in the record; "
-                      "continue with 'deliberate resume runs/<id>.json'")
-        return 130
-    finally:
-        if view:
-            view.stop()
-    result, rec = outcome.result, outcome.recorder.record
-    if json_out:
-        print_json({"run_id": result.run_id, "status": result.status, "output": result.output,
-                    "output_step": result.output_step, "record": str(outcome.record_path) if outcome.record_path else None,
-                    "error": result.error, "below_threshold": result.below_threshold,
-                    "summary": rec.summary() if rec is not None else None})
+    def services(self, registry: Any) -> Services:
+        from ..config import get_settings
+        from ..logs import configure
+        from ..services import Services
+        from ..ui.live import LiveView
+
+        settings = get_settings()
+        configure(settings)  # the CLI owns logging; the library never configures it
+        subscribers: list[Any] = []
+        if not self.json_out and not self.quiet:
+            self.view = LiveView(self.console)
+            subscribers.append(self.view)
+        return Services(settings=settings, registry=registry, subscribers=subscribers, progress=self.progress)
+
+    def call(self, service: Callable[[Services], Coroutine[Any, Any, Any]], registry: Any) -> Any:
+        """Run ``service`` with the live view; Ctrl-C leaves the record resumable and exits 130."""
+        env = self.services(registry)
+        try:
+            return asyncio.run(service(env))
+        except KeyboardInterrupt:
+            self.stop()
+            self.console.print("[yellow]interrupted[/]: finished steps are kept in the record; "
+                               "continue with 'deliberate resume runs/<id>.json'")
+            raise typer.Exit(130) from None
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.view is not None:
+            self.view.stop()
+
+    def show(self, outcome: RunOutcome, doc: dict[str, Any] | None = None) -> int:
+        """Render a run's outcome; return its exit code. ``doc``: the JSON document, when the
+        caller has more to say than the run itself (replay)."""
+        from ..ui.render import answer
+
+        result, rec = outcome.result, outcome.record
+        if self.json_out:
+            print_json(doc if doc is not None else outcome.to_json())
+            return result.exit_code
+        if result.status == "succeeded" and rec is not None:
+            out_console().print(answer(rec))
+        else:
+            self.console.print(error_markup(result.error), soft_wrap=True)
+        if outcome.record_path and not self.quiet:
+            self.console.print(f"[dim]record: {markup(outcome.record_path)}[/]")
         return result.exit_code
-    if result.status == "succeeded" and rec is not None:
-        out_console().print(answer(rec))
-    else:
-        console.print(error_markup(result.error), soft_wrap=True)
-    if outcome.record_path and not quiet:
-        console.print(f"[dim]record: {markup(outcome.record_path)}[/]")
-    return result.exit_code
 
 
 def generate(
@@ -174,28 +182,14 @@ def generate(
     no_record: bool = typer.Option(False, "--no-record"),
 ) -> None:
     """Direct mode: one gateway call, recorded as a one-step run."""
-    from .._api import input_limit
-    from ..engine.executor import RunOptions
-    from ..flows.loader import load_flow_data
     from ..registry import Registry
+    from ..services import GenerateRequest, input_limit
+    from ..services import generate as generate_service
 
     registry = Registry.load()
     if prompt == "-":
         prompt = read_stdin(input_limit(registry))
-    # The prompt and the system text are data, not templates: they go in as inputs, so braces in
-    # them ("{{", "{%") are sent as written.
-    step: dict[str, Any] = {"prompt": "{{ prompt }}"}
-    inputs: dict[str, Any] = {"prompt": {"description": "the prompt"}}
-    values = {"prompt": prompt}
-    if system:
-        step["system"] = "{{ system }}"
-        inputs["system"] = {"description": "the system message"}
-        values["system"] = system
-    if max_tokens:
-        step["max_tokens"] = max_tokens
-    data = {"name": "generate", "description": "Direct mode: one call.",
-            "inputs": inputs, "steps": {"answer": step}, "output": "answer"}
-    loaded = load_flow_data(data, "generate", registry)
-    options = RunOptions(models={"*": model} if model else {}, strategy=strategy, seed=seed, max_cost=max_cost)
-    raise typer.Exit(execute(loaded, values, options, registry, json_out=json_out,
-                             quiet=quiet, record=not no_record))
+    request = GenerateRequest(prompt, model=model, strategy=strategy, system=system, max_tokens=max_tokens,
+                              seed=seed, max_cost=max_cost, record=not no_record)
+    view = Presenter(json_out, quiet)
+    raise typer.Exit(view.show(view.call(lambda env: generate_service(request, env), registry)))

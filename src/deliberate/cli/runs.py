@@ -16,9 +16,8 @@ from ..safetext import clean, markup
 from .common import err_console, fail, out_console, print_json
 
 if TYPE_CHECKING:
-    from ..records.replay import Plan
     from ..records.schema import RunRecord
-    from ..registry import Registry
+    from ..services import ReplayOutcome
 
 runs_app = typer.Typer(help="Recorded runs under runs/.", invoke_without_command=True)
 cache_app = typer.Typer(help="The response cache of deterministic calls.", invoke_without_command=True)
@@ -160,11 +159,14 @@ def replay(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Show a recorded run without calling any model, or re-run it (all of it, or from a step)."""
+    from ulid import ULID
+
     from ..flows.loader import load_flow
-    from ..records.replay import plan_from, plan_rerun
     from ..records.store import find, load
     from ..registry import Registry
-    from .run import parse_models
+    from ..services import ReplayRequest
+    from ..services import replay as replay_service
+    from .run import Presenter, parse_models
 
     if from_step and rerun:
         fail("--from and --rerun exclude each other")
@@ -185,98 +187,54 @@ def replay(
             err_console().print(f"report: {markup(html)}")
         return
     registry = Registry.load()
-    new_flow = load_flow(flow_file, registry) if flow_file else None
-    models = parse_models(model or [])
-    if rerun:
-        plan = plan_rerun(rec, registry, new_flow, models)
-    else:
-        plan = plan_from(rec, from_step, registry, new_flow, models)
-        plan.notes.append(f"reusing {len(plan.preset)} recorded step(s); re-running: {', '.join(plan.rerun)}")
-    # --verify asks the models again: never let the response cache answer for them
-    code, doc, child = _execute(plan, registry, json_out=json_out, quiet=quiet, parent_run_id=rec.run_id,
-                                cache=False if verify else None, parent=rec)
+    request = ReplayRequest(rec, from_step=from_step, rerun=rerun, verify=verify,
+                            flow=load_flow(flow_file, registry) if flow_file else None,
+                            models=parse_models(model or []), run_id=str(ULID()))
+    view = Presenter(json_out, quiet)
+    try:
+        outcome = view.call(lambda env: replay_service(request, env), registry)
+    except typer.Exit as exc:  # Ctrl-C: say what the record says
+        _interrupted(request.run_id, json_out)
+        raise exc
+    child = outcome.run.record
+    doc = outcome.to_json()
     if html is not None and child is not None:
         _write_report(child, html)
         doc["report"] = str(html)
         if not json_out:
             err_console().print(f"report: {markup(html)}")
-    if verify:
-        code = _verify(rec, child, code, doc, json_out)
-    elif json_out:
-        print_json(doc)
-    raise typer.Exit(code)
+    view.show(outcome.run, doc)
+    if outcome.verification is not None and not json_out:
+        _say_verification(outcome)
+    raise typer.Exit(outcome.exit_code)
 
 
-def _execute(plan: Plan, registry: Registry, *, json_out: bool, quiet: bool, parent_run_id: str | None = None,
-             run_id: str | None = None, cache: bool | None = None,
-             parent: RunRecord | None = None) -> tuple[int, dict[str, Any], RunRecord | None]:
-    """Run a plan; return the exit code, the JSON document (when ``json_out``) and the new record.
-
-    The run gets its id here, so the new record is found by id, never by guessing."""
-    import contextlib
-    import io
-    import json
-
-    from ulid import ULID
-
-    from ..engine.executor import RunOptions
+def _interrupted(run_id: str | None, json_out: bool) -> None:
+    """After Ctrl-C, the --json document from what the record holds."""
     from ..errors import RecordError
     from ..records.store import load, record_path
-    from .run import execute
 
-    new_id = run_id or str(ULID())
-    if not json_out:
-        for n in plan.notes:
-            err_console().print(f"[dim]{markup(n)}[/]")
-    captured = io.StringIO()
-    with contextlib.redirect_stdout(captured) if json_out else contextlib.nullcontext():
-        code = execute(plan.loaded, plan.inputs, RunOptions.from_dict(plan.options), registry, json_out=json_out,
-                       quiet=quiet, record=True, preset=plan.preset, parent_run_id=parent_run_id, run_id=new_id,
-                       resume_from=plan.base, cache=cache, parent_record=parent)
-    path = record_path(_runs_dir(), new_id)
+    if not json_out or run_id is None:
+        return
+    path = record_path(_runs_dir(), run_id)
     try:
-        child: RunRecord | None = load(path)
+        child = load(path)
     except RecordError:
         child = None
-    doc: dict[str, Any] = {}
-    if json_out:
-        text = captured.getvalue().strip()
-        # Ctrl-C returns before execute prints its document: say what the record says instead
-        doc = json.loads(text) if text else {
-            "run_id": new_id, "status": child.status if child else "interrupted", "output": None,
-            "record": str(path) if child else None, "error": child.error if child else "interrupted"}
-        doc["reused"] = sorted(plan.preset, key=plan.loaded.order.index)
-        doc["rerun"] = plan.rerun
-        doc["notes"] = plan.notes
-    return code, doc, child
+    print_json({"run_id": run_id, "status": child.status if child else "interrupted", "output": None,
+                "record": str(path) if child else None, "error": child.error if child else "interrupted"})
 
 
-def _verify(rec: RunRecord, child: RunRecord | None, code: int, doc: dict[str, Any], json_out: bool) -> int:
-    from ..records.replay import compare
-
-    if child is None:
-        fail("the re-run left no record to compare", 1)
-    differs = [r["step"] for r in compare(rec, child) if not r["same_output"]]
-    cached = sum(1 for s in child.steps.values() for c in s.calls if c.cache_hit)
-    hints = []
-    if cached:
-        hints.append(f"{cached} call(s) were answered from the response cache, not by the model; "
-                     "unset DELIBERATE_CACHE for a real check")
-    if differs and rec.options.get("seed") is None:
-        hints.append("the run had no seed: sampled outputs differ from run to run; record it with --seed N "
-                     "(and a temperature-0 strategy such as 'precise') for a reproducible check")
-    if json_out:
-        print_json({**doc, "parent_run_id": rec.run_id, "identical": not differs, "differs": differs,
-                    "cache_hits": cached, "hints": hints})
+def _say_verification(outcome: ReplayOutcome) -> None:
+    v, parent = outcome.verification, outcome.parent.run_id
+    assert v is not None
+    con = err_console()
+    if v.differs:
+        con.print(f"[yellow]outputs differ[/] from {markup(parent)} in: {markup(', '.join(v.differs))}")
     else:
-        con = err_console()
-        if differs:
-            con.print(f"[yellow]outputs differ[/] from {markup(rec.run_id)} in: {markup(', '.join(differs))}")
-        else:
-            con.print(f"[green]identical[/]: every step's output matches {markup(rec.run_id)}")
-        for h in hints:
-            con.print(f"[dim]{markup(h)}[/]")
-    return 1 if differs and code == 0 else code
+        con.print(f"[green]identical[/]: every step's output matches {markup(parent)}")
+    for h in v.hints:
+        con.print(f"[dim]{markup(h)}[/]")
 
 
 def _write_report(rec: RunRecord, html: Path) -> None:
@@ -295,33 +253,22 @@ def resume(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Finish a run that crashed or was interrupted; finished steps are not called again."""
-    from ..errors import RecordError
-    from ..records.replay import plan_resume
-    from ..records.store import find, is_live, load, record_path
+    from ..records.store import find
     from ..registry import Registry
+    from ..services import ResumeRequest
+    from ..services import resume as resume_service
+    from .run import Presenter
 
-    path = find(record, _runs_dir())
-    rec = load(path)  # checks the run id, so the target below is a file in runs/
-    if is_live(path):
-        raise RecordError(f"run {rec.run_id} is still running in another process", where=str(path),
-                          hint="wait for it, or stop it (Ctrl-C) and resume then")
-    target = record_path(_runs_dir(), rec.run_id)
-    elsewhere = path.resolve() != target.resolve()
-    if elsewhere and target.exists():
-        # a record from elsewhere never overwrites the one runs/ holds under the same id
-        raise RecordError(f"{target} already holds run {rec.run_id}", where=str(path),
-                          hint=f"resume that one: deliberate resume {rec.run_id}")
-    registry = Registry.load()
-    plan = plan_resume(rec, registry)
-    plan.notes.insert(0, f"resuming {rec.run_id}: {len(plan.preset)} finished step(s) kept; "
-                      f"running: {', '.join(plan.rerun) or 'nothing'}")
-    if elsewhere:
-        plan.notes.append(f"the resumed run is recorded in {target}; {path} is left as it is")
-    code, doc, _child = _execute(plan, registry, json_out=json_out, quiet=quiet, parent_run_id=rec.parent_run_id,
-                                 run_id=rec.run_id)
-    if json_out:
-        print_json(doc)
-    raise typer.Exit(code)
+    request = ResumeRequest(find(record, _runs_dir()), _runs_dir())
+    view = Presenter(json_out, quiet)
+    try:
+        outcome = view.call(lambda env: resume_service(request, env), Registry.load())
+    except typer.Exit:
+        from ..records.store import load
+
+        _interrupted(load(request.path).run_id, json_out)
+        raise
+    raise typer.Exit(view.show(outcome.run, outcome.to_json()))
 
 
 @cache_app.callback()
