@@ -16,7 +16,7 @@ from ..yamlio import Marks, locate
 from .functions import function_kinds
 from .graph import dependencies, find_cycle, for_each_expression, step_templates
 from .spec import BUILTIN_NAMES, KIND_FIELDS, SPECIFIC_FIELDS, Flow, Step
-from .templates import TemplateProblem, expression_source, parse, references, unsafe_access
+from .templates import TemplateProblem, constant_problem, expression_source, parse, references, unsafe_access
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ALIASES = {"from_": "from", "with_": "with"}
@@ -196,6 +196,10 @@ def _check_step(flow: Flow, name: str, step: Step, c: Checker, kinds: dict[str, 
         if bad:
             c.add(floc, f"step {name!r}, {field}: access to {', '.join(repr(b) for b in dict.fromkeys(bad))} is refused",
                   "templates may not reach Python internals")
+        limit = constant_problem(source)
+        if limit is not None:
+            offset = (limit.line - 1) if limit.line and field not in ("when", "for_each") else 0
+            c.add(floc, f"step {name!r}, {field}: {limit.message}", line_offset=offset)
         field_known = known - {"item", "index"} if field in ("when", "for_each") else known
         for ref in sorted(references(source) - field_known):
             if ref == name:
@@ -277,6 +281,9 @@ def _check_rounds(flow: Flow, c: Checker) -> None:
                   "write an expression over a step's output, e.g. \"'NO ISSUES' in challenger\"")
         if unsafe_access(source):
             c.add(("rounds", "until"), "until: access to Python internals is refused")
+        limit = constant_problem(source)
+        if limit is not None:
+            c.add(("rounds", "until"), f"until: {limit.message}")
 
 
 def _check_model(key: str, loc: tuple[Any, ...], c: Checker) -> None:
