@@ -153,7 +153,12 @@ def locate(marks: Marks, loc: tuple[Any, ...]) -> tuple[int | None, int | None]:
 
 
 def _build(node: yaml.Node, path: tuple[Any, ...], marks: Marks, name: str, constructor: Any) -> Any:
-    marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.ScalarNode) and node.style in ("|", ">"):
+        # a block scalar's text starts on the line after its indicator: positions inside the text
+        # (a template's error line) count from there
+        marks[path] = (node.start_mark.line + 2, 1)
+    else:
+        marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if node.tag not in _SAFE_TAGS:
         raise YamlProblem(
             Problem(name, node.start_mark.line + 1, node.start_mark.column + 1,
