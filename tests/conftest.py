@@ -70,6 +70,17 @@ def scripted(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def cli(*args: str, input: str | None = None, env: dict[str, str] | None = None,
         timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI: in a subprocess (``python -m deliberate``), or in-process through the
+    same entry point when ``DELIBERATE_TEST_CLI=inproc`` (see tests/helpers/inproc.py)."""
+    if os.environ.get("DELIBERATE_TEST_CLI") == "inproc":
+        from helpers.inproc import run_cli
+
+        return run_cli(*args, input=input, env=env, timeout=timeout)
+    return cli_process(*args, input=input, env=env, timeout=timeout)
+
+
+def cli_process(*args: str, input: str | None = None, env: dict[str, str] | None = None,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess (``python -m deliberate``)."""
     full_env = dict(os.environ)
     full_env.update(env or {})

@@ -8,11 +8,7 @@ their wall time; the time bound asserted is a hang guard, not a benchmark."""
 from __future__ import annotations
 
 import json
-import os
-import resource
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +16,9 @@ import pytest
 
 from conftest import cli
 from deliberate.config import register_secret_names, scrub, secret_values
+from helpers.limits import limited_cli
 
 GB = 1024**3
-
-
-def limited_cli(*args: str, limit: int = 2 * GB, input: str | None = None,
-                env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
-    """The real CLI under an address-space limit; returns the result and its wall time."""
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "deliberate", *args], capture_output=True, text=True,
-                       input=input, env={**os.environ, **(env or {})}, preexec_fn=cap, timeout=60)
-    wall = time.perf_counter() - t0
-    print(f"{' '.join(args)[:60]}: exit {r.returncode} in {wall:.2f}s")
-    return r, wall
 
 
 def one_error_line(r: subprocess.CompletedProcess[str]) -> str:

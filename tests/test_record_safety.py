@@ -20,6 +20,7 @@ import pytest
 from conftest import SCRIPTED_MODELS, cli
 from deliberate.errors import RecordError
 from deliberate.records.store import RUN_ID_PATTERN, find, load, record_path
+from helpers.limits import limited_cli
 
 ESCAPED = "../../escaped"
 NASTY = "[bold]x[/] \x1b]0;PWNED\x07\x1b[2J"
@@ -142,7 +143,7 @@ def test_a_deeply_nested_record_is_an_invalid_record(scripted, isolated, templat
     else:  # a record valid in every other way, with an input nested 100,000 levels deep
         bad.write_text(json.dumps({**data, "run_id": OTHER_ID, "inputs": {"prompt": "DEEP"}}).replace(
             '"DEEP"', "[" * n + "]" * n))
-    r = cli("runs", "show", OTHER_ID)
+    r, _wall = limited_cli("runs", "show", OTHER_ID)  # a real process under a 2 GB limit, timed
     assert r.returncode == 2, r.stderr
     line = one_clean_line(r.stderr)
     assert "invalid run record" in line and bad.name in line
