@@ -18,7 +18,6 @@ import pytest
 from deliberate_scripted import ScriptedBackend
 from rich.console import Console
 
-from deliberate._api import run_flow_async
 from deliberate.config import Settings
 from deliberate.engine.events import Event, RunFinished
 from deliberate.errors import FlowError
@@ -29,11 +28,17 @@ from test_engine import JUDGED, registry
 
 
 async def run_with(flow: str, backend: ScriptedBackend, subscribers: list[Any],
-                   inputs: dict[str, Any] | None = None, **kw: Any) -> Any:
+                   inputs: dict[str, Any] | None = None, *, preset: dict[str, Any] | None = None,
+                   parent_record: RunRecord | None = None, parent_run_id: str | None = None) -> Any:
+    """Run a flow on the scripted backend; with ``preset``, as a replay of ``parent_record``."""
+    from deliberate.services.run import Lineage, OutputOptions, RunRequest, Services, run
+
     reg = registry()
     gw = Gateway(reg, settings=Settings(), backends={"scripted": backend}, retry_base_s=0.001)
-    outcome = await run_flow_async(load_flow_text(flow, "test.yaml", reg), inputs or {"prompt": "q"},
-                                   registry=reg, gateway=gw, subscribers=subscribers, runs_dir=Path("runs"), **kw)
+    request = RunRequest(load_flow_text(flow, "test.yaml", reg), inputs or {"prompt": "q"},
+                         output=OutputOptions(record=True, runs_dir=Path("runs")),
+                         lineage=Lineage(preset=preset or {}, parent_run_id=parent_run_id, parent=parent_record))
+    outcome = await run(request, Services(registry=reg, gateway=gw, subscribers=list(subscribers)))
     path = outcome.record_path
     rec = json.loads(path.read_text()) if path and path.exists() else None
     return outcome, rec
