@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from .config import Settings
 from .engine.events import Subscriber
 from .engine.executor import RunOptions, RunResult
 from .flows.loader import LoadedFlow
@@ -38,10 +39,12 @@ async def run_flow_async(
     subscribers: list[Subscriber] | None = None,
     runs_dir: Path | None = None,
     record: bool = True,
+    settings: Settings | None = None,
 ) -> RunOutcome:
     """Validate and run a flow, recording it under ``runs_dir`` (default: settings)."""
     request = RunRequest(flow, inputs or {}, options or RunOptions(), OutputOptions(record, runs_dir))
-    return await run(request, Services(registry=registry, gateway=gateway, subscribers=list(subscribers or [])))
+    env = Services(settings=settings, registry=registry, gateway=gateway, subscribers=list(subscribers or []))
+    return await run(request, env)
 
 
 def run_flow(flow: str | Path | LoadedFlow, inputs: dict[str, Any] | None = None,
