@@ -27,7 +27,7 @@ from deliberate.flows import templates
 from deliberate.flows.templates import MAX_OUTPUT, TemplateLimit, TemplateProblem, constant_problem, render
 
 CLI_MEMORY = 2 * 1024**3  # address space for the CLI (torch is not imported without a local model)
-RENDER_MEMORY = 1024**3  # address space for a forked render
+RENDER_MEMORY = 1024**3  # address space a forked render may add to what the parent already maps
 HANG_GUARD_S = 10.0
 
 CONTEXT: dict[str, Any] = {"prompt": "hello " * 100, "items": ["a", "b", "c"]}
@@ -39,6 +39,14 @@ def _limit(memory: int) -> Any:
     return set_limit
 
 
+def _mapped_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _in_child(fn: Any, *args: Any) -> tuple[str, Any, float, int]:
     """Run ``fn(*args)`` in a forked child under an address-space limit and an alarm. Returns
     (kind, value, seconds, peak RSS in MB): kind "ok" (value: the result's length), "limit" or
@@ -48,7 +56,9 @@ def _in_child(fn: Any, *args: Any) -> tuple[str, Any, float, int]:
     if pid == 0:  # the child: never returns to pytest
         os.close(read)
         try:
-            _limit(RENDER_MEMORY)()
+            # A heavy parent (torch imported by earlier tests) already maps gigabytes; the limit
+            # is what the render may add on top of that.
+            _limit(_mapped_bytes() + RENDER_MEMORY)()
             signal.alarm(int(HANG_GUARD_S) * 2)
             t0 = time.perf_counter()
             try:
