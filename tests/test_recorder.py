@@ -1,7 +1,8 @@
 """The recorder keeps the record's JSON in pieces (the flow once, each step again only when it
 changed): after every event the pieces must equal a fresh encoding of the whole record, and the
-file reads back without losing anything. Also: a short run is written once and leaves no lock
-file, and DELIBERATE_RECORD_FSYNC fsyncs the final write."""
+file reads back without losing anything. The record is a function of the events (fed again, they
+give it again) and the recorder imports only the event contract. Also: a short run is written
+once and leaves no lock file, and DELIBERATE_RECORD_FSYNC fsyncs the final write."""
 
 from __future__ import annotations
 
@@ -81,8 +82,50 @@ async def test_record_fsync_setting(monkeypatch: pytest.MonkeyPatch, env: str, e
     synced: list[int] = []
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    from deliberate.config import get_settings
+
+    get_settings.cache_clear()  # the run reads the setting from the environment just set
     reg = registry()
     gw = Gateway(reg, settings=Settings(), backends={"scripted": ScriptedBackend(rules=[])})
     await run_flow_async(load_flow_text(FANOUT, "t.yaml", reg), {"prompt": "q"}, registry=reg, gateway=gw,
-                         settings=Settings(), runs_dir=Path("runs"))
+                         runs_dir=Path("runs"))
     assert len(synced) == expected
+
+
+@pytest.mark.parametrize("flow", [FANOUT, ROUNDS, JUDGED], ids=["fanout", "rounds", "judge"])
+async def test_the_record_is_a_function_of_the_events(flow: str) -> None:
+    """The recorder is a projection: the events of a run, fed again to a fresh recorder that
+    writes nothing, give the same record as the one written while the run went."""
+    from deliberate.engine.executor import Engine
+
+    events: list[Event] = []
+    live = Recorder(Path("runs"))
+    reg = registry()
+    gw = Gateway(reg, settings=Settings(), backends={"scripted": ScriptedBackend(rules=RULES)})
+    result = await Engine(gw, [live, events.append], judge_backoff_s=0).run(
+        load_flow_text(flow, "t.yaml", reg), {"prompt": "q"})
+    assert result.status == "succeeded"
+    again = Recorder(None)
+    for event in events:
+        again(event)
+    assert json.loads(to_json(again.data)) == json.loads(to_json(live.data))
+    assert json.loads(Path("runs", f"{result.run_id}.json").read_text()) == json.loads(to_json(again.data))
+
+
+def test_the_recorder_reads_only_the_event_contract() -> None:
+    """What the recorder module imports of the package: the events and their values, the record's
+    schema and store, the secret scrub and the version; never the engine's workings, the UI, the
+    CLI, logging or a terminal."""
+    import ast
+
+    import deliberate.records.recorder as module
+
+    imported = set()
+    for node in ast.walk(ast.parse(Path(module.__file__).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + (node.module or ""))
+    ours = {m for m in imported if m.startswith(".")}
+    assert ours == {"..config", "..engine.events", "..engine.values", ".schema", ".store", ".._version"}, ours
+    assert not imported & {"logging", "sys", "rich", "typer", "click"}, imported

@@ -129,3 +129,71 @@ def test_report_loads_in_headless_chromium(scripted, isolated, tmp_path) -> None
     assert "<svg" in dom and dom.count('class="edge"') >= 6
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
     assert 'data-pwned="' not in dom  # neither injected script nor onerror handler ran
+
+
+BAD = "<x onload=1>'\"&"
+ESCAPED = "&lt;x onload=1&gt;&#x27;&quot;&amp;"  # html.escape's form, the one the secret scrub looks for
+
+
+def odd_record() -> Any:
+    """A record with hostile text in every free-text field the showcase run does not fill:
+    gateway events, failures, fallbacks between models, a tie, odd-shaped values and rounds."""
+    from deliberate.records.schema import RunRecord
+
+    call = {"model_key": BAD, "model_requested": "asked", "messages": [{"role": "user", "content": BAD}],
+            "text": BAD, "branch": 1, "item": BAD, "round": 2, "attempt": 2, "strategy": BAD, "source": BAD,
+            "finish_reason": BAD, "attempts": [{"model_key": BAD, "ok": False, "error": BAD, "error_type": BAD},
+                                               {"model_key": "m", "ok": True, "seconds": 1.5}]}
+    steps = {
+        "s1": {"name": "s1", "kind": BAD, "status": "failed", "error": BAD, "error_type": BAD, "calls": [call],
+               "failures": [{"round": 2, "branch": 3, "error": BAD, "error_type": BAD}],
+               "value": {"type": "branches", "branches": [{"item": BAD, "model": BAD, "text": BAD}, 7, None]},
+               "vote": {"counts": {BAD: 1, "b": 1}, "winner": BAD, "tie": True, "tie_rule": BAD, "tied": [BAD, "b"]},
+               "judge": [{"attempt": 1, "score": 2.5, "threshold": 7, "passed": False, "feedback": BAD}],
+               "rounds": [{"round": BAD, "value": {"type": "text", "text": BAD}}, {"value": [BAD]}]},
+        BAD: {"name": BAD, "kind": "judge", "status": "skipped", "skipped_when": BAD, "decided_by": {BAD: [BAD]},
+              "value": {"type": "verdict", "score": BAD, "scale": [BAD], "passed": BAD, "feedback": BAD}},
+        "s3": {"name": "s3", "kind": "data", "status": "reused", "value": {"type": "data", "data": {BAD: BAD}}},
+    }
+    return RunRecord.model_validate({
+        "run_id": BAD, "parent_run_id": BAD, "status": "failed", "created_at": 1e300, "finished_at": -1e300,
+        "flow_name": BAD, "flow_source": BAD, "flow_hash": BAD, "order": ["s1", BAD, "s3", "missing"],
+        "flow": {"description": {BAD: BAD}, "steps": BAD,
+                 "rounds": {"steps": [BAD, "s1", 3], "max": BAD, "until": BAD, "carry": {"s1": BAD, BAD: 3}}},
+        "inputs": {BAD: {BAD: [BAD]}}, "options": {BAD: BAD}, "output_step": BAD, "reused_steps": [BAD],
+        "steps": steps, "rounds": [{"round": 1, "stop_reason": BAD, "until_value": {BAD: 1}, "at": float("1e20")}],
+        "events": [{"kind": "retry", "endpoint": BAD, "model_key": BAD, "detail": BAD, "at": 1.0}],
+        "error": BAD, "deliberate_version": BAD,
+    })
+
+
+def test_an_odd_record_renders_with_every_text_escaped() -> None:
+    """Rendered in process: no field of an unexpected shape crashes the template, and no text
+    reaches the page unescaped, in element text or in an attribute."""
+    from deliberate.records.report import render_report
+
+    html = render_report(odd_record())
+    assert "<x" not in html and "'\"&<" not in html
+    assert html.count(ESCAPED) >= 30, html.count(ESCAPED)
+    assert html.count("<script") == 1 and "default-src 'none'" in html
+    for shown in ("Gateway events", "Judge scores", "tie between", "Output (3 branches)", "Verdict",
+                  "Output (data)", "Output reused from run", "Skipped:", "round 2 branch 3", "does not validate"):
+        assert shown in html, shown
+
+
+def test_the_report_template_ships_with_the_package() -> None:
+    """The template, CSS and JS sit in the package folder (hatchling puts every file of it in the
+    wheel), and the page's CSP names the hashes of the CSS and JS it holds inline."""
+    import base64
+    import hashlib
+    from importlib import resources
+
+    from deliberate.records.report import render_report
+
+    folder = resources.files("deliberate.records").joinpath("templates")
+    html = render_report(odd_record())
+    for name, tag in (("report.css", "style"), ("report.js", "script")):
+        text = folder.joinpath(name).read_text(encoding="utf-8")
+        digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+        assert f"<{tag}>{text}</{tag}>" in html and f"'sha256-{digest}'" in html
+    assert folder.joinpath("report.html.j2").is_file()

@@ -6,9 +6,9 @@ The library API (the CLI is a thin face over it)::
     result = run_flow("challenge", {"prompt": "Write a haiku about rain"})
 """
 
-__version__ = "0.1.0"
-
 from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
 
 # The public names load lazily (PEP 562), so `deliberate --help` does not import the engine.
 _EXPORTS = {

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from .. import __version__
+from .._version import __version__
 from . import config as config_cmd
 from . import flows as flows_cmd
 from . import models as models_cmd

@@ -4,7 +4,13 @@ While a run goes, the record is kept as JSON-ready dicts, and its JSON text is k
 part fixed at the start (the flow, inputs, options) is encoded once, each step is encoded again
 only when it changes, and the small rest every time. A snapshot after a step therefore costs the
 encoding of that step, not of the whole record. :attr:`Recorder.record` validates the same text
-into a :class:`RunRecord` for readers (the live view, ``--json``), once per change."""
+into a :class:`RunRecord` for readers (the live view, ``--json``), once per change.
+
+The recorder is a projection of the event stream: the record is a function of the events it
+received (and, for resume and replay, of the records it was given to continue or reuse). It reads
+the engine only through its events (``engine.events``, their values' text from ``engine.values``),
+sets up no logging and writes to no terminal; the secret values it scrubs from the encoded text are
+read once, when the run starts, and touch only the JSON, never the record's data."""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from .. import __version__
+from .._version import __version__
 from ..config import scrub, secret_values
 from ..engine.events import (
     CallFailed,
@@ -298,6 +304,7 @@ class Recorder:
         return b"".join(parts)
 
     def text(self) -> str:
+        """The record's JSON text as it stands (see :meth:`encoded`)."""
         return self.encoded().decode()
 
 
