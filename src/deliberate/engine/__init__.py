@@ -1,13 +1,18 @@
 """The engine: runs validated flows and emits one stream of events.
 
-Names load lazily so that importing a function step (``deliberate.engine.builtins``, through its
-entry point) during ``flows validate`` does not import the executor and the gateway."""
+``executor`` is the scheduler (graph, rounds, ``when``, cancellation, events, totals) and knows no
+step kind; ``kinds`` maps each kind to its handler in ``steps/`` (generate, judge, vote, function,
+and plugins of the ``deliberate.step_kinds`` entry point group); ``context`` is what a handler is
+given. Names load lazily so that importing a function step (``deliberate.engine.builtins``,
+through its entry point) or a plugin's ``StepKind`` (``deliberate.engine.steps``) during ``flows
+validate`` does not import the executor and the gateway."""
 
 from typing import Any
 
 _EXPORTS = {
     "Engine": ".executor", "RunOptions": ".executor", "RunResult": ".executor",
-    "normalise": ".executor", "parse_score": ".executor",
+    "normalise": ".steps.vote", "parse_score": ".steps.judge", "RunContext": ".context",
+    "StepKind": ".steps", "SkipStep": ".steps",
     "Event": ".events", "RunFinished": ".events", "RunStarted": ".events", "StepFailed": ".events",
     "StepFinished": ".events", "StepStarted": ".events", "Token": ".events",
 }

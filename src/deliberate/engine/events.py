@@ -19,15 +19,20 @@ from ..gateway.contracts import Attempt, GatewayEvent, Message, Sampling
 
 @dataclass(slots=True, kw_only=True)
 class Event:
+    """Something that happened in a run; ``at`` is when (epoch seconds)."""
+
     at: float = field(default_factory=time.time)
 
     @property
     def type(self) -> str:
+        """The event's class name (its ``type`` in logs and records)."""
         return type(self).__name__
 
 
 @dataclass(slots=True, kw_only=True)
 class RunStarted(Event):
+    """A run began: its flow (as written and as ordered), inputs and options."""
+
     run_id: str
     flow_name: str
     flow_source: str
@@ -75,6 +80,8 @@ class CallInfo:
 
 @dataclass(slots=True, kw_only=True)
 class StepStarted(Event):
+    """A step (or one fan-out branch, or a judge's re-run of its target) started."""
+
     step: str
     kind: str
     round: int = 1
@@ -110,6 +117,8 @@ class CallFinished(Event):
 
 @dataclass(slots=True, kw_only=True)
 class CallFailed(Event):
+    """A model call inside a step failed after the gateway's retries and fallbacks."""
+
     step: str
     error: str
     error_type: str
@@ -120,6 +129,8 @@ class CallFailed(Event):
 
 @dataclass(slots=True, kw_only=True)
 class StepFinished(Event):
+    """A step ended with its value (``reused``: taken from a parent record, not run)."""
+
     step: str
     kind: str
     value: Any  # values.to_json form
@@ -130,6 +141,9 @@ class StepFinished(Event):
 
 @dataclass(slots=True, kw_only=True)
 class StepSkipped(Event):
+    """A step did not run: its ``when`` was false (``decided_by``), or its kind skipped it (a judge
+    whose target was skipped)."""
+
     step: str
     when: str
     decided_by: Any
@@ -138,6 +152,8 @@ class StepSkipped(Event):
 
 @dataclass(slots=True, kw_only=True)
 class StepFailed(Event):
+    """A step failed (``optional``: the run goes on without it)."""
+
     step: str
     error: str
     error_type: str
@@ -147,6 +163,8 @@ class StepFailed(Event):
 
 @dataclass(slots=True, kw_only=True)
 class JudgeScored(Event):
+    """One scoring attempt of a judge."""
+
     step: str
     target: str
     attempt: int
@@ -174,6 +192,8 @@ class JudgeDecided(Event):
 
 @dataclass(slots=True, kw_only=True)
 class VoteDecided(Event):
+    """A vote's outcome: the counts per normalised answer and how a tie was broken."""
+
     step: str
     counts: dict[str, int]
     winner: str
@@ -184,6 +204,8 @@ class VoteDecided(Event):
 
 @dataclass(slots=True, kw_only=True)
 class RoundFinished(Event):
+    """A round of a rounds block ended; ``stop_reason`` says whether it was the last."""
+
     round: int
     stop_reason: Literal["until", "max"] | None = None
     until_value: Any = None
@@ -192,11 +214,15 @@ class RoundFinished(Event):
 
 @dataclass(slots=True, kw_only=True)
 class GatewayNotice(Event):
+    """Something the gateway did on its own (a retry, a fallback, a breaker, a model load)."""
+
     event: GatewayEvent
     step: str | None = None
 
 
 class Totals(BaseModel):
+    """What a run spent: steps, model calls, tokens, cost and wall time."""
+
     model_config = ConfigDict(extra="forbid")
     steps: int = 0
     calls: int = 0
@@ -208,6 +234,8 @@ class Totals(BaseModel):
 
 @dataclass(slots=True, kw_only=True)
 class RunFinished(Event):
+    """A run ended: its status, answer or error, and totals."""
+
     status: Literal["succeeded", "failed", "interrupted"]
     output: str | None = None
     output_step: str = ""

@@ -14,8 +14,17 @@ from ..errors import Problem
 from ..registry import Registry, did_you_mean
 from ..yamlio import Marks, locate
 from .functions import function_kinds
-from .graph import dependencies, find_cycle, for_each_expression, step_templates
-from .spec import BUILTIN_NAMES, KIND_FIELDS, SPECIFIC_FIELDS, Flow, Step
+from .graph import dependencies, find_cycle, step_templates
+from .spec import (
+    BUILTIN_NAMES,
+    Flow,
+    FunctionCallStep,
+    Step,
+    for_each_expression,
+    plugin_kinds,
+    step_keys,
+    step_model,
+)
 from .templates import TemplateProblem, constant_problem, expression_source, parse, references, unsafe_access
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -55,9 +64,11 @@ def check_data(data: Any, marks: Marks, file: str, registry: Registry | None = N
             field = ".".join(str(p) for p in loc)
             msg = err["msg"]
             hint = None
-            if err["type"] == "extra_forbidden":
+            if err["type"] == "kind_field":
+                pass  # "'rubric' is not allowed on a generate step", at the key
+            elif err["type"] == "extra_forbidden":
                 msg = f"unknown key {loc[-1]!r}"
-                known = _known_keys(loc)
+                known = _known_keys(loc, data)
                 hint = did_you_mean(str(loc[-1]), known) if known else None
                 if not hint and known:
                     hint = "allowed: " + ", ".join(known)
@@ -71,13 +82,16 @@ def check_data(data: Any, marks: Marks, file: str, registry: Registry | None = N
     return flow, c.problems
 
 
-def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+def _known_keys(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
     from .spec import Defaults, InputSpec, Rounds
 
     if len(loc) == 1:
         return list(Flow.model_fields)
     if loc[0] == "steps" and len(loc) == 3:
-        return [ALIASES.get(f, f) for f in Step.model_fields]
+        step = (data.get("steps") or {}).get(loc[1])
+        kind = step.get("kind", "generate") if isinstance(step, dict) else "generate"
+        model = step_model(kind) if isinstance(kind, str) else None
+        return step_keys(model or Step)
     if loc[0] == "rounds":
         return list(Rounds.model_fields)
     if loc[0] == "defaults":
@@ -89,9 +103,10 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
 
 def _check_flow(flow: Flow, c: Checker) -> None:
     steps, inputs = set(flow.steps), set(flow.inputs)
-    # scanning entry points costs ~0.1 s: only when a step is a function step
-    kinds = function_kinds() if any(s.kind not in MODEL_KINDS for s in flow.steps.values()) else {}
-    known_kinds = list(MODEL_KINDS) + sorted(kinds)
+    # scanning entry points costs ~0.1 s: only when a step is not of a built-in kind
+    other = any(s.kind not in MODEL_KINDS for s in flow.steps.values())
+    kinds = function_kinds() if other else {}
+    known_kinds = list(MODEL_KINDS) + sorted(set(kinds) | set(plugin_kinds() if other else ()))
     if not flow.steps:
         c.add(("steps",), "a flow needs at least one step")
     for name in list(inputs) + list(steps):
@@ -130,18 +145,11 @@ def _check_step(flow: Flow, name: str, step: Step, c: Checker, kinds: dict[str, 
                 known_kinds: list[str]) -> None:
     where = ("steps", name)
     steps = set(flow.steps)
-    group = step.kind if step.kind in MODEL_KINDS else "function"
-    if step.kind not in MODEL_KINDS and step.kind not in kinds:
+    if step.kind not in known_kinds:
         c.add(where + ("kind",), f"unknown step kind {step.kind!r}",
               did_you_mean(step.kind, known_kinds) or "known: " + ", ".join(known_kinds))
         return
-    for field in SPECIFIC_FIELDS - KIND_FIELDS[group]:
-        if field in step.model_fields_set:
-            c.add(where + (field,), f"{ALIASES.get(field, field)!r} is not allowed on a {step.kind} step")
-    if group == "function":
-        for field in ("model", "strategy", "max_tokens", "temperature", "seed"):
-            if field in step.model_fields_set:
-                c.add(where + (field,), f"{field!r} is not allowed on a {step.kind} step")
+    if isinstance(step, FunctionCallStep) and step.kind in kinds:
         fn = kinds[step.kind]
         try:
             fn.params.model_validate({k: v for k, v in step.with_.items() if not (isinstance(v, str) and "{{" in v)})
@@ -214,7 +222,7 @@ def _check_step(flow: Flow, name: str, step: Step, c: Checker, kinds: dict[str, 
             hint = did_you_mean(ref, sorted(known - {"round"}))
             c.add(floc, f"step {name!r}, {field}: unknown name {ref!r}",
                   hint or "use an input, a step name, item, index or round")
-    if c.registry is not None and step.kind != "function":
+    if c.registry is not None:
         if step.model:
             if "{{" in step.model:
                 if isinstance(step.for_each, list) and step.model.replace(" ", "") == "{{item}}":

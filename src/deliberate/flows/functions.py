@@ -2,7 +2,8 @@
 
 A function step is a :class:`FunctionStep` registered in the ``deliberate.steps`` entry point
 group; YAML names its kind, never code. The built-in ones register there too
-(:mod:`deliberate.engine.builtins`), so the plugin path is always exercised.
+(:mod:`deliberate.engine.builtins`), so the plugin path is always exercised. Step kinds with a
+grammar of their own come from the ``deliberate.step_kinds`` group (``flows.spec.plugin_kinds``).
 """
 
 from __future__ import annotations

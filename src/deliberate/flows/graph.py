@@ -6,31 +6,9 @@ from .spec import Flow, Step
 from .templates import TemplateProblem, expression_source, references
 
 
-def for_each_expression(value: str) -> str:
-    """``"{{ models }}"`` and ``"models"`` both name the expression ``models``."""
-    v = value.strip()
-    if v.startswith("{{") and v.endswith("}}"):
-        v = v[2:-2].strip()
-    return v
-
-
 def step_templates(step: Step) -> list[tuple[str, str]]:
     """(field, template source) for every template in a step; expressions are wrapped."""
-    out: list[tuple[str, str]] = []
-    for field in ("prompt", "system", "rubric"):
-        value = getattr(step, field)
-        if value:
-            out.append((field, value))
-    if step.model and ("{{" in step.model or "{%" in step.model):
-        out.append(("model", step.model))
-    if step.when:
-        out.append(("when", expression_source(step.when)))
-    if isinstance(step.for_each, str):
-        out.append(("for_each", expression_source(for_each_expression(step.for_each))))
-    for key, value in step.with_.items():
-        if isinstance(value, str):
-            out.append((f"with.{key}", value))
-    return out
+    return [(t.field, expression_source(t.source) if t.expression else t.source) for t in step.templates()]
 
 
 def step_references(step: Step) -> set[str]:
@@ -50,12 +28,7 @@ def dependencies(flow: Flow) -> dict[str, set[str]]:
     steps = set(flow.steps)
     deps: dict[str, set[str]] = {}
     for name, step in flow.steps.items():
-        d = (step_references(step) | set(step.needs)) & steps
-        if step.kind == "judge" and step.target in steps:
-            d.add(step.target)  # type: ignore[arg-type]
-        if step.kind == "vote" and step.from_ in steps:
-            d.add(step.from_)  # type: ignore[arg-type]
-        deps[name] = d
+        deps[name] = (step_references(step) | set(step.needs) | step.edges()) & steps
     # A judge gates its target: whoever reads the target reads the judged version.
     for jname, judge in flow.steps.items():
         if judge.kind != "judge" or judge.target not in steps:
