@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,7 @@ def test_importing_the_backend_does_not_import_litellm() -> None:
 
 async def test_litellm_loads_once_for_concurrent_first_calls_and_again_after_a_failure(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import deliberate.gateway.backends.remote as remote
+    import deliberate.gateway.backends.remote_litellm as remote
 
     real, loads = load_litellm(), []
 
@@ -202,7 +203,7 @@ async def test_litellm_loads_once_for_concurrent_first_calls_and_again_after_a_f
 
 async def test_a_cached_answer_needs_no_litellm(server: FakeLLM, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import deliberate.gateway.backends.remote as remote
+    import deliberate.gateway.backends.remote_litellm as remote
     from deliberate.gateway.layers import ResponseCache
 
     spec = openai_model("remote", server)
@@ -286,8 +287,8 @@ async def test_cost_comes_from_litellms_price_map_without_a_profile(server: Fake
     assert (await gw.generate(ask(key="unknown"))).usage.cost_usd == 0.0
 
     backend = RemoteBackend(None)
-    assert backend.estimate_cost(known, 1000, 500) == pytest.approx(p + c)
-    assert backend.estimate_cost(unknown, 1000, 500) == 0.0
+    assert await backend.estimate_cost(known, 1000, 500) == pytest.approx(p + c)
+    assert await backend.estimate_cost(unknown, 1000, 500) == 0.0
 
 
 async def test_usage_is_counted_when_the_server_reports_none(server: FakeLLM) -> None:
@@ -373,12 +374,20 @@ async def test_breaker_opens_the_fallback_answers_and_a_probe_closes_it(server: 
     assert "circuit breaker" in (result.attempts[0].error or "")
 
     server.default = Script(text="Primary is back.")
-    await asyncio.sleep(1.1)
+    reset_timeout_passes(gw, primary.endpoint)
     result = await gw.generate(ask(key="primary"))  # half-open: one probe, it succeeds, closed again
     assert result.model_resolved == "primary" and result.text == "Primary is back."
     assert kinds(gw, primary.endpoint) == ["breaker_open", "breaker_half_open", "breaker_closed"]
     assert gw.breaker_state(primary.endpoint) == "closed"
     assert kinds(gw, spare.endpoint) == []
+
+
+def reset_timeout_passes(gw: Gateway, endpoint: str) -> None:
+    """A fake clock for the breaker: pybreaker half-opens once now is past ``opened_at`` plus its
+    reset timeout, so moving ``opened_at`` back is the timeout passing, without sleeping."""
+    cb = gw.breaker(endpoint).cb
+    assert cb.current_state == "open" and cb._state_storage.opened_at is not None
+    cb._state_storage.opened_at -= timedelta(seconds=cb.reset_timeout)
 
 
 def listener(listen: bool) -> Any:
@@ -610,7 +619,7 @@ async def run_recorded(flow: str | Path, registry: Registry, runs: Path, gw: Gat
     gw = gw or remote_gateway(registry, settings, retry_base_s=0.01)
     options = RunOptions(models={"*": registry.default_model}, max_cost=max_cost)
     outcome = await run_flow_async(flow, {"prompt": prompt}, options, registry=registry, gateway=gw,
-                                   settings=settings, runs_dir=runs)
+                                   runs_dir=runs)
     assert outcome.record_path is not None
     record: dict[str, Any] = json.loads(outcome.record_path.read_text())
     return record
@@ -680,7 +689,7 @@ async def test_breaker_fallback_and_probe_land_in_the_record(server: FakeLLM, ba
 
     # after CIRCUIT_BREAKER_TIMEOUT one probe goes to the primary; it answers and closes the breaker
     server.default = Script(text="Primary is back.")
-    await asyncio.sleep(1.1)
+    reset_timeout_passes(gw, primary.endpoint)
     record = await run_recorded(flow, registry, tmp_path / "runs", gw=gw)
     assert record["status"] == "succeeded" and record["output"] == "Primary is back."
     assert [e["kind"] for e in record["events"]] == ["breaker_half_open", "breaker_closed"]
@@ -706,7 +715,7 @@ async def test_a_flow_streams_only_when_a_subscriber_takes_tokens(server: FakeLL
     async def run(*subscribers: Any) -> list[bool]:
         server.reset()
         outcome = await run_flow_async(flow, {"prompt": "hi"}, RunOptions(), registry=registry, gateway=gw,
-                                       settings=settings, record=False, subscribers=list(subscribers))
+                                       record=False, subscribers=list(subscribers))
         assert outcome.result.status == "succeeded" and outcome.result.output == "Four pieces of text."
         return [bool(r.body.get("stream")) for r in server.requests]
 

@@ -1,8 +1,11 @@
 """The gateway's contracts: what a caller asks for, what it gets back, and the backend seam.
 
-The seam is as small as httpx's transport: a backend is one async method,
-``generate(call, on_token) -> Reply``. Streaming is the same method with an ``on_token`` callback.
-A test backend is therefore a few lines (see tests/plugins/deliberate_scripted).
+The seam is as small as httpx's transport: a :class:`Model` is one async method,
+``generate(call, on_token) -> Reply``; streaming is the same method with an ``on_token`` callback.
+Every backend is one (subclassing :class:`Backend`, whose optional hooks have defaults), and so is
+every gateway layer around a backend (:mod:`deliberate.gateway.layers`). The layers of one
+request share its :class:`CallContext` (attempts, events), which travels on the call. A test
+backend is therefore a few lines (see tests/plugins/deliberate_scripted).
 
 What callers hand in (``GenerationRequest``, ``Message``) is validated by pydantic. What the gateway
 and backends build themselves (``BackendCall``, ``Reply``, ``GenerationResult`` and its parts) are
@@ -13,9 +16,11 @@ cost more than the engine's whole orchestration (``bench/overhead.py``). Their J
 
 from __future__ import annotations
 
+import abc
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -131,6 +136,33 @@ class GenerationResult:
 # The backend seam
 
 
+TokenCallback = Callable[[str], None]
+EventCallback = Callable[[GatewayEvent], None]
+
+
+@dataclass(slots=True, kw_only=True)
+class CallContext:
+    """What the layers of one request share: its attempts and events so far, when it began, its
+    strategy and constraints. The gateway makes one per request, and every model it tries
+    (fallbacks included) writes to it, so the result carries the whole request. Backends may
+    ignore it."""
+
+    attempts: list[Attempt] = field(default_factory=list)
+    events: list[GatewayEvent] = field(default_factory=list)
+    listeners: tuple[EventCallback, ...] = ()  # who hears this request's events besides ``events``
+    started: float = 0.0  # time.perf_counter() when the request began
+    strategy: str = ""
+    constraints: Constraints = Constraints()
+    cached: GenerationResult | None = None  # set by the response cache when it answered
+
+    def emit(self, event: GatewayEvent) -> None:
+        """Record a retry or fallback of this request and tell its listeners. Not broadcast:
+        concurrent requests must not see each other's."""
+        self.events.append(event)
+        for listener in self.listeners:
+            listener(event)
+
+
 @dataclass(slots=True, kw_only=True)
 class BackendCall:
     """A call resolved by the gateway and handed to one backend: everything it needs, nothing
@@ -142,6 +174,7 @@ class BackendCall:
     sampling: Sampling
     max_tokens: int
     timeout_s: float | None = None
+    context: CallContext = field(default_factory=CallContext)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -160,40 +193,71 @@ class Reply:
     finish_reason: str | None = None
 
 
-TokenCallback = Callable[[str], None]
-EventCallback = Callable[[GatewayEvent], None]
+class Model(Protocol):
+    """Anything that answers a call: a backend, or a gateway layer around one (pydantic-ai's
+    WrapperModel, httpx's transports). A layer holds ``inner`` and calls it."""
+
+    async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
+        """Answer ``call``, streaming text pieces through ``on_token`` when given."""
+        ...
 
 
-@runtime_checkable
-class Backend(Protocol):
-    """The one seam between the gateway and a model runtime."""
+class Backend(abc.ABC):
+    """The one seam between the gateway and a model runtime: subclass it and implement
+    :meth:`generate`; the hooks below have defaults that do nothing.
 
-    name: str
+    A plugin registered under ``deliberate.backends`` that does not subclass it still works:
+    :func:`deliberate.gateway.plugins.as_backend` wraps it once, at load time.
+    """
 
+    name: str = "backend"
+
+    @abc.abstractmethod
     async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
         """Answer one call. Stream text pieces through ``on_token`` when given.
 
         Raise :class:`deliberate.errors.ProviderError` (``transient=True`` for errors worth a
         retry), :class:`deliberate.errors.CapacityError` or
         :class:`deliberate.errors.ValidationError`; never return partial text as an answer.
-
-        A backend may also define ``async def prepare(spec) -> None``: one-time set-up the gateway
-        awaits before a call's timeout, breaker and rate limit start (the remote backend imports
-        litellm there). It must not raise for what ``generate`` reports (a missing key).
         """
-        ...
+
+    async def prepare(self, spec: Any) -> None:
+        """One-time set-up the gateway awaits before a call's timeout, breaker and rate limit
+        start (the remote backend imports litellm here). Must not raise for what
+        :meth:`generate` reports (a missing key)."""
+        return None
+
+    async def estimate_cost(self, spec: Any, prompt_tokens: int, max_tokens: int) -> float:
+        """An upper bound of one call's cost for the budget, asked only for models without a
+        ``cost_profile``. A backend that reads price tables should do so off the event loop."""
+        return 0.0
+
+    async def check(self, spec: Any) -> dict[str, Any]:
+        """Reach the model now with a tiny greedy request, for ``deliberate models check``."""
+        started = time.perf_counter()
+        reply = await self.generate(BackendCall(
+            model_key=spec.key or "check", spec=spec, messages=[Message(role="user", content="Say OK.")],
+            sampling=Sampling(temperature=0), max_tokens=8))
+        return {"source": reply.source, "model": reply.model_name, "text": reply.text,
+                "tokens": reply.completion_tokens, "seconds": time.perf_counter() - started}
+
+    async def aclose(self) -> None:
+        """Release what the backend holds (loaded models, connections); see Gateway.aclose."""
+        return None
 
 
 __all__ = [
     "Attempt",
     "Backend",
     "BackendCall",
+    "CallContext",
     "Constraints",
     "EventCallback",
     "GatewayEvent",
     "GenerationRequest",
     "GenerationResult",
     "Message",
+    "Model",
     "Reply",
     "Sampling",
     "Timings",

@@ -1,238 +1,373 @@
-"""Small layers the gateway composes around a backend: breaker, rate limit, retry, budget, cache.
+"""The gateway's layers: each is a :class:`~deliberate.gateway.contracts.Model` that holds the
+``inner`` model it wraps and calls it, as pydantic-ai's WrapperModel and httpx's transports do.
+``Gateway`` stacks them per model and strategy (outermost first)::
 
-The breaker is tested alone in tests/test_gateway_layers.py; all are composed in one place,
-:meth:`deliberate.gateway.Gateway._call_model`.
+    FallbackLayer            the strategy's fallbacks in order; one error listing every failure
+      ContextWindowLayer     a prompt that cannot fit, a model over the request's VRAM: refused
+      CacheLayer             deterministic calls answered from disk (no prepare, no budget)
+      PrepareLayer           the backend's one-time set-up, outside the timeout and breaker
+      BudgetLayer            reserve an estimate, price the reply, charge it
+      RetryLayer             attempts, backoff with jitter (Retry-After honoured), retry events
+      ScrubLayer             secrets out of errors; a backend's stray exception typed; reply checked
+      RateLimitLayer         requests per minute and concurrency of the endpoint
+      BreakerLayer           the endpoint's circuit breaker
+      TimeoutLayer           the strategy's timeout_s and the request's latency budget
+        backend
+
+Every layer works alone around any model (tests/test_gateway_layers.py drives each against a
+scripted one). What a request's layers share travels on ``call.context``; what calls share (a
+breaker, a rate limit, the budget, the cache) lives in :mod:`deliberate.gateway.state`, whose
+names are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
-import json
-import os
 import random
-import tempfile
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
-import pybreaker
+from ..config import scrub
+from ..errors import (
+    BudgetExceeded,
+    CapacityError,
+    DeliberateError,
+    InputError,
+    ProviderError,
+    ValidationError,
+)
+from .contracts import Attempt, BackendCall, GatewayEvent, Model, Reply, TokenCallback
+from .results import cached_result, prompt_tokens, reply_of, result_of
+from .state import Breaker, Budget, RateLimit, ResponseCache, backoff_delay
 
-from ..errors import BudgetExceeded, ProviderError
-from .contracts import GatewayEvent, GenerationResult
+#: What a model may fail with and still leave the request to a retry or a fallback.
+MODEL_ERRORS = (ProviderError, CapacityError, ValidationError)
 
 
-class Breaker:
-    """A pybreaker circuit breaker around async calls, turning state changes into events.
+class Layer:
+    """Base of the layers: holds ``inner``. A subclass overrides :meth:`generate`."""
 
-    pybreaker does not count failures of a decorated ``async def``; ``calling()`` around the await
-    does. Errors marked ``trips_breaker=False`` (bad request, authentication) are not outages.
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Model) -> None:
+        self.inner = inner
+
+    async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
+        """Pass the call through unchanged."""
+        return await self.inner.generate(call, on_token)
+
+
+class EveryModelFailed(ProviderError):
+    """Every candidate of a request failed; ``failures`` holds each model's error, in order."""
+
+    def __init__(self, failures: list[tuple[str, DeliberateError]]) -> None:
+        self.failures = failures
+        super().__init__("every model failed: " + "; ".join(f"{key}: {exc.line()}" for key, exc in failures),
+                         hint="see the run record for each attempt")
+
+
+class FallbackLayer:
+    """Tries ``keys`` in order until one answers; ``stack_of(key)`` gives a key's spec and model,
+    resolved only when reached (an unknown fallback does not fail a call its primary answers).
+
+    A lone candidate's error is re-raised as it is (transient, retry_after, trips_breaker intact,
+    so callers can tell a bad key from an outage); several failures raise
+    :class:`EveryModelFailed`. A budget refusal is never a reason to try another model.
     """
 
-    def __init__(self, endpoint: str, fail_max: int, reset_timeout: float,
-                 emit: Callable[[GatewayEvent], None]) -> None:
-        self.endpoint = endpoint
-        self._emit = emit
-        exclude: list[Any] = [lambda e: isinstance(e, ProviderError) and not e.trips_breaker, _Cancelled]
-        self.cb = pybreaker.CircuitBreaker(
-            fail_max=fail_max,
-            reset_timeout=reset_timeout,
-            exclude=exclude,
-            listeners=[_Listener(endpoint, emit)],
-            name=endpoint,
-            throw_new_error_on_trip=False,
-        )
+    __slots__ = ("keys", "stack_of")
 
-    @property
-    def state(self) -> str:
-        return str(self.cb.current_state)
+    def __init__(self, keys: list[str], stack_of: Callable[[str], tuple[Any, Model]]) -> None:
+        self.keys, self.stack_of = keys, stack_of
 
-    def _count(self, exc: BaseException | None) -> None:
-        _count(self.cb, exc)
-
-    async def call(self, make: Callable[[], Any]) -> Any:
-        cb = self.cb
-        if cb.current_state == "closed" and cb.fail_counter == 0:
-            # The common case. A success here would change nothing in pybreaker (no failures to
-            # forget), so the call skips its bookkeeping (about 9 us); anything else goes
-            # through pybreaker as usual, which stays the one state machine.
+    async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
+        """Answer with the first model that can."""
+        failures: list[tuple[str, DeliberateError]] = []
+        for key in self.keys:
+            spec, model = self.stack_of(key)
+            if failures:
+                call.context.emit(GatewayEvent(kind="fallback", endpoint=spec.endpoint, model_key=key,
+                                               detail=f"after: {failures[-1][0]}: {failures[-1][1].line()}",
+                                               at=time.time()))
             try:
-                result = await make()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._count(exc)
-                raise
-            if cb.fail_counter:  # a concurrent call failed meanwhile: this success resets the count
-                self._count(None)
-            return result
-        try:
-            with cb.calling():
-                try:
-                    return await make()
-                except asyncio.CancelledError:
-                    # a cancelled call says nothing about the endpoint: not a failure
-                    raise _Cancelled() from None
-        except _Cancelled:
-            raise asyncio.CancelledError() from None
-        except pybreaker.CircuitBreakerError:
-            raise ProviderError(
-                f"circuit breaker for {self.endpoint} is open",
-                hint=f"it retries after {self.cb.reset_timeout:g}s",
-                transient=False,
-                trips_breaker=False,
-            ) from None
+                return await model.generate(call if call.model_key == key else
+                                            replace(call, model_key=key, spec=spec), on_token)
+            except MODEL_ERRORS as exc:
+                failures.append((key, exc))
+        if len(failures) == 1:
+            err = failures[0][1]
+            err.where = err.where or f"model {self.keys[0]!r}"
+            raise err
+        raise EveryModelFailed(failures)
 
 
-def _count(cb: pybreaker.CircuitBreaker, exc: BaseException | None) -> None:
-    """Report the outcome of a call made outside ``calling()`` to pybreaker: an error counts as a
-    failure (unless excluded) and may open the breaker; ``None`` counts as a success."""
-    try:
-        with cb.calling():
-            if exc is not None:
-                raise exc
-    except BaseException:  # noqa: S110 - the caller raises the call's own error
-        pass
+class ContextWindowLayer(Layer):
+    """Refuses, before anything else, a prompt (estimated) plus ``max_tokens`` that exceeds the
+    model's context window, and a model that needs more VRAM than the request allows."""
 
+    __slots__ = ()
 
-class _Listener(pybreaker.CircuitBreakerListener):
-    """Turns pybreaker's state changes into gateway events."""
-
-    _KINDS = {"open": "breaker_open", "half-open": "breaker_half_open", "closed": "breaker_closed"}
-
-    def __init__(self, endpoint: str, emit: Callable[[GatewayEvent], None]) -> None:
-        self.endpoint, self.emit = endpoint, emit
-
-    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
-        self.emit(GatewayEvent(kind=self._KINDS[new_state.name], endpoint=self.endpoint,  # type: ignore[arg-type]
-                               at=time.time(), detail=f"{old_state.name} -> {new_state.name}"))
-
-
-class _Cancelled(Exception):
-    """Carries a cancellation through pybreaker, which excludes it from the failure count."""
-
-
-class RateLimit:
-    """Requests per minute (aiolimiter) and a cap on concurrent requests, per endpoint."""
-
-    def __init__(self, rpm: float | None, max_concurrent: int | None) -> None:
-        from aiolimiter import AsyncLimiter
-
-        self.limiter = AsyncLimiter(rpm, 60) if rpm else None
-        self.sem = asyncio.Semaphore(max_concurrent) if max_concurrent else None
-        self.in_flight = 0
-        self.peak = 0
-
-    async def __aenter__(self) -> RateLimit:
-        if self.sem:
-            await self.sem.acquire()
-        if self.limiter:
-            try:
-                await self.limiter.acquire()
-            except BaseException:
-                if self.sem:
-                    self.sem.release()  # cancelled while waiting: give the slot back
-                raise
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.in_flight -= 1
-        if self.sem:
-            self.sem.release()
-
-
-def backoff_delay(attempt: int, base: float = 0.5, cap: float = 20.0,
-                  retry_after: float | None = None, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter; a server's Retry-After wins when it is longer."""
-    source: Any = rng or random
-    delay = source.uniform(0, min(cap, base * (2 ** attempt)))
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap * 3))
-    return delay
-
-
-class Budget:
-    """A run's cost budget, enforced before a call (estimate) and after it (real usage)."""
-
-    def __init__(self, max_cost_usd: float | None) -> None:
-        self.max_cost_usd = max_cost_usd
-        self.spent_usd = 0.0
-        self.reserved_usd = 0.0  # estimates of calls in flight: concurrent calls cannot overspend
-
-    def check(self, estimate_usd: float, what: str) -> None:
-        """Refuse a call whose estimate does not fit; else reserve it (see :meth:`release`)."""
-        if self.max_cost_usd is None:
-            return
-        if self.spent_usd + self.reserved_usd + estimate_usd > self.max_cost_usd + 1e-12:
-            raise BudgetExceeded(
-                f"{what} would cost up to ${estimate_usd:.6f}; ${self.spent_usd:.6f} of the "
-                f"${self.max_cost_usd:.6f} budget is spent"
-                + (f" and ${self.reserved_usd:.6f} is reserved by calls in flight" if self.reserved_usd else ""),
-                hint="raise --max-cost or use cheaper models",
+    async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
+        """Check the call, then pass it on."""
+        spec, prompt = call.spec, prompt_tokens(call)
+        if prompt + call.max_tokens > spec.context_window:
+            raise CapacityError(
+                f"prompt (~{prompt} tokens) + max_tokens {call.max_tokens} exceed the context window "
+                f"of {spec.key} ({spec.context_window})",
+                hint="shorten the inputs, lower max_tokens or pick a model with a larger window",
             )
-        self.reserved_usd += estimate_usd
-
-    def release(self, estimate_usd: float) -> None:
-        if self.max_cost_usd is not None:
-            self.reserved_usd = max(0.0, self.reserved_usd - estimate_usd)
-
-    def charge(self, cost_usd: float) -> None:
-        self.spent_usd += cost_usd
-        if self.max_cost_usd is not None and self.spent_usd > self.max_cost_usd + 1e-12:
-            raise BudgetExceeded(
-                f"spent ${self.spent_usd:.6f}, over the ${self.max_cost_usd:.6f} budget",
-                hint="raise --max-cost or use cheaper models",
-            )
+        limit = call.context.constraints.max_vram_gb
+        if limit is not None and spec.min_vram_gb and spec.min_vram_gb > limit:
+            raise CapacityError(f"{spec.key} needs {spec.min_vram_gb} GB VRAM, the request allows {limit} GB")
+        return await self.inner.generate(call, on_token)
 
 
-@functools.cache
-def _result_adapter() -> Any:
-    from pydantic import TypeAdapter
+class CacheLayer(Layer):
+    """Answers deterministic calls (temperature 0 or a fixed seed) from ``store``: a hit is one
+    free attempt of 0 s, its text handed to ``on_token`` in one piece, and nothing below runs."""
 
-    return TypeAdapter(GenerationResult)
+    __slots__ = ("store",)
 
-
-class ResponseCache:
-    """An on-disk cache of answers to deterministic calls (temperature 0 or a fixed seed)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self, inner: Model, store: ResponseCache) -> None:
+        super().__init__(inner)
+        self.store = store
 
     @staticmethod
-    def key(parts: dict[str, Any]) -> str:
-        blob = json.dumps(parts, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()
+    def key(call: BackendCall) -> str:
+        """What makes two calls the same: the model's identity (not its key), messages, sampling."""
+        identity = call.spec.model_dump(include={"provider", "source", "litellm_model", "api_base",
+                                                 "quantization", "dtype"})
+        return ResponseCache.key({"model": identity, "messages": [m.model_dump() for m in call.messages],
+                                  "sampling": call.sampling.model_dump(), "max_tokens": call.max_tokens})
 
-    def _path(self, key: str) -> Path:
-        return self.directory / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> GenerationResult | None:
-        path = self._path(key)
+    async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
+        """The cached answer, else the inner model's (then cached)."""
+        if not call.sampling.deterministic:
+            return await self.inner.generate(call, on_token)
+        key = self.key(call)
+        hit = self.store.get(key)
+        if hit is not None:
+            call.context.attempts.append(Attempt(model_key=call.model_key, ok=True, seconds=0.0))
+            if on_token:
+                on_token(hit.text)
+            call.context.cached = cached_result(hit, call)
+            return reply_of(hit)
         try:
-            return _result_adapter().validate_json(path.read_bytes())
-        except (OSError, ValueError):
-            return None
+            reply = await self.inner.generate(call, on_token)
+        except BudgetExceeded as exc:
+            answered = getattr(exc, "result", None)
+            if answered is not None:  # answered, then over budget: the answer is still worth keeping
+                self.store.put(key, answered)
+            raise
+        self.store.put(key, result_of(reply, call))
+        return reply
 
-    def put(self, key: str, result: GenerationResult) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(_result_adapter().dump_json(result).decode())
-        os.replace(tmp, path)
 
-    def entries(self) -> list[Path]:
-        if not self.directory.is_dir():
-            return []
-        return sorted(self.directory.glob("*/*.json"))
+class PrepareLayer(Layer):
+    """Awaits the backend's one-time set-up (litellm's import: seconds) before the layers that
+    time a call, so a short ``timeout_s`` does not fail the first call of a process."""
 
-    def clear(self) -> int:
-        n = 0
-        for p in self.entries():
-            p.unlink(missing_ok=True)
-            n += 1
-        return n
+    __slots__ = ("prepare",)
+
+    def __init__(self, inner: Model, prepare: Callable[[Any], Awaitable[None]]) -> None:
+        super().__init__(inner)
+        self.prepare = prepare
+
+    async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
+        """Prepare, then pass the call on."""
+        await self.prepare(call.spec)
+        return await self.inner.generate(call, on_token)
+
+
+class BudgetLayer(Layer):
+    """Keeps a run within ``budget``: reserves the call's estimated cost before it (refusing it
+    when spent + reserved + estimate would exceed the budget), prices the reply (the backend's
+    figure, else the model's ``cost_profile``) and charges it after. An answer that goes over is
+    attached to the :class:`BudgetExceeded` as ``result``, for the record."""
+
+    __slots__ = ("budget", "estimate")
+
+    def __init__(self, inner: Model, budget: Budget,
+                 estimate: Callable[[Any, int, int], Awaitable[float]]) -> None:
+        super().__init__(inner)
+        self.budget, self.estimate = budget, estimate
+
+    async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
+        """Reserve, call, price, charge."""
+        budget, spec = self.budget, call.spec
+        reserved = 0.0
+        if budget.max_cost_usd is not None:
+            prompt = prompt_tokens(call)
+            if spec.cost_profile is not None:
+                reserved = spec.cost_profile.cost(prompt, call.max_tokens)
+            else:
+                reserved = float(await self.estimate(spec, prompt, call.max_tokens))
+            budget.check(reserved, f"a call to {spec.key}")
+        try:
+            reply = await self.inner.generate(call, on_token)
+            if reply.cost_usd is None:
+                # priced once, here: the result, the cache and the budget read the same figure
+                reply.cost_usd = (spec.cost_profile.cost(reply.prompt_tokens, reply.completion_tokens)
+                                  if spec.cost_profile else 0.0)
+            try:
+                budget.charge(reply.cost_usd)
+            except BudgetExceeded as exc:
+                exc.result = result_of(reply, call)  # type: ignore[attr-defined]
+                raise
+            return reply
+        finally:
+            budget.release(reserved)
+
+
+def _never() -> bool:
+    return False
+
+
+class RetryLayer(Layer):
+    """Tries a call up to ``1 + max_retries`` times while it fails transiently, waiting
+    :func:`backoff_delay` between tries (a server's Retry-After wins when longer), unless
+    ``give_up()`` says the endpoint stopped taking calls (its breaker opened). Every try is an
+    :class:`Attempt` of the request; every retry a ``retry`` event. ``sleep`` and ``rng`` are
+    injectable, so tests need no real waiting."""
+
+    __slots__ = ("max_retries", "base_s", "give_up", "sleep", "rng")
+
+    def __init__(self, inner: Model, max_retries: int, base_s: float = 0.5, *,
+                 give_up: Callable[[], bool] = _never,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 rng: random.Random | None = None) -> None:
+        super().__init__(inner)
+        self.max_retries, self.base_s, self.give_up, self.sleep, self.rng = max_retries, base_s, give_up, sleep, rng
+
+    async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
+        """The first answer of up to ``1 + max_retries`` tries."""
+        attempts, spec = call.context.attempts, call.spec
+        attempt = 0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                reply = await self.inner.generate(call, on_token)
+            except MODEL_ERRORS as exc:
+                attempts.append(Attempt(model_key=call.model_key, ok=False, error=exc.line(),
+                                        error_type=type(exc).__name__, seconds=time.perf_counter() - t0))
+                if not (isinstance(exc, ProviderError) and exc.transient and attempt < self.max_retries
+                        and not self.give_up()):
+                    raise
+                delay = backoff_delay(attempt, self.base_s, retry_after=exc.retry_after, rng=self.rng)
+                call.context.emit(GatewayEvent(kind="retry", endpoint=spec.endpoint, model_key=call.model_key,
+                                               detail=f"attempt {attempt + 1} failed ({exc.message}); "
+                                                      f"retrying in {delay:.2f}s", at=time.time()))
+                await self.sleep(delay)
+                attempt += 1
+                continue
+            attempts.append(Attempt(model_key=call.model_key, ok=True, seconds=time.perf_counter() - t0))
+            return reply
+
+
+class ScrubLayer(Layer):
+    """Makes what comes up from a backend safe to record and retry on: known secrets scrubbed
+    from error messages (:func:`deliberate.config.scrub`), any other exception (a backend bug)
+    turned into a scrubbed, non-transient :class:`ProviderError` instead of a traceback, and a
+    reply without text refused."""
+
+    __slots__ = ("backend_name",)
+
+    def __init__(self, inner: Model, backend_name: str) -> None:
+        super().__init__(inner)
+        self.backend_name = backend_name
+
+    async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
+        """The inner answer, checked; its errors scrubbed."""
+        try:
+            reply = await self.inner.generate(call, on_token)
+        except MODEL_ERRORS as exc:
+            exc.message = scrub(exc.message)
+            raise
+        except InputError:
+            raise
+        except Exception as exc:
+            raise ProviderError(scrub(f"{type(exc).__name__}: {exc}"), where=f"backend {self.backend_name}") from exc
+        if not isinstance(getattr(reply, "text", None), str):
+            raise ProviderError(f"backend {self.backend_name} answered {type(reply).__name__}, not a Reply with "
+                                "text", where=f"backend {self.backend_name}")
+        return reply
+
+
+class RateLimitLayer(Layer):
+    """Waits for the endpoint's :class:`RateLimit` (requests per minute, concurrent requests)."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, inner: Model, limit: RateLimit) -> None:
+        super().__init__(inner)
+        self.limit = limit
+
+    async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
+        """Call within the limit."""
+        async with self.limit:
+            return await self.inner.generate(call, on_token)
+
+
+class BreakerLayer(Layer):
+    """Calls through the endpoint's :class:`Breaker`: refused at once while it is open, every
+    outcome counted (bad requests and cancellations excepted)."""
+
+    __slots__ = ("breaker",)
+
+    def __init__(self, inner: Model, breaker: Breaker) -> None:
+        super().__init__(inner)
+        self.breaker = breaker
+
+    async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
+        """Call through the breaker."""
+        reply: Reply = await self.breaker.call(self.inner.generate, call, on_token)
+        return reply
+
+
+class TimeoutLayer(Layer):
+    """Gives up on an answer after ``timeout_s`` (the strategy's) or the request's latency budget,
+    whichever is shorter, with a transient :class:`ProviderError`."""
+
+    __slots__ = ("timeout_s",)
+
+    def __init__(self, inner: Model, timeout_s: float | None) -> None:
+        super().__init__(inner)
+        self.timeout_s = timeout_s
+
+    async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
+        """The inner answer, if it comes in time."""
+        timeout = self.timeout_s
+        budget = call.context.constraints.latency_budget_s
+        if budget is not None:
+            timeout = min(timeout or budget, budget)
+        if timeout is None:
+            return await self.inner.generate(call, on_token)
+        try:
+            async with asyncio.timeout(timeout):  # unlike wait_for (3.11), no task of its own
+                return await self.inner.generate(call, on_token)
+        except TimeoutError:
+            raise ProviderError(f"no answer from {call.model_key} within {timeout:g}s", transient=True) from None
+
+
+__all__ = [
+    "MODEL_ERRORS",
+    "Breaker",
+    "BreakerLayer",
+    "Budget",
+    "BudgetLayer",
+    "CacheLayer",
+    "ContextWindowLayer",
+    "EveryModelFailed",
+    "FallbackLayer",
+    "Layer",
+    "PrepareLayer",
+    "RateLimit",
+    "RateLimitLayer",
+    "ResponseCache",
+    "RetryLayer",
+    "ScrubLayer",
+    "TimeoutLayer",
+    "backoff_delay",
+]

@@ -27,12 +27,14 @@ import time
 from typing import Any
 
 from deliberate.errors import CapacityError, ProviderError
-from deliberate.gateway.contracts import BackendCall, Reply
+from deliberate.gateway.contracts import Backend, BackendCall, Reply
 
 _LOCK = threading.Lock()
 
 
-class ScriptedBackend:
+class ScriptedBackend(Backend):
+    """Canned replies by rule (see the module docstring); ``calls`` logs every call."""
+
     name = "scripted"
 
     def __init__(self, settings: Any = None, rules: list[dict[str, Any]] | None = None, echo: bool = True) -> None:

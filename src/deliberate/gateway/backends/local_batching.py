@@ -279,10 +279,6 @@ def _generation_error(exc: BaseException) -> DeliberateError:
     return ProviderError(f"local generation failed: {text}", transient=False)
 
 
-# ---------------------------------------------------------------------------------------------
-# The backend
-
-
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     eos = getattr(model.generation_config, "eos_token_id", None)
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -291,3 +287,59 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return {int(i) for i in ids}
 
 
+# ---------------------------------------------------------------------------------------------
+# One batch (the batcher's thread)
+
+
+def run_batch(lm: _Loaded, jobs: list[_Job], count: Callable[[int], None]) -> None:
+    """Answer ``jobs`` with one left-padded ``generate`` of ``lm`` (``count``: told the batch size)."""
+    import torch
+    from transformers import GenerationConfig
+
+    start = time.monotonic()
+    width = max(len(job.ids) for job in jobs)
+    ids = torch.full((len(jobs), width), lm.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(jobs), width), dtype=torch.long)
+    for i, job in enumerate(jobs):  # left padding: every row's last token is at the same place
+        ids[i, width - len(job.ids) :] = torch.tensor(job.ids, dtype=torch.long)
+        mask[i, width - len(job.ids) :] = 1
+    device = lm.model.device
+    config = GenerationConfig(
+        max_new_tokens=max(job.max_tokens for job in jobs),
+        do_sample=False,  # sampling, when any row wants it, is _RowSampler's job
+        # transformers' neutral defaults, so a model's own sampling defaults do not leak in
+        temperature=1.0,
+        top_p=1.0,
+        top_k=50,
+        eos_token_id=sorted(lm.eos),
+        pad_token_id=lm.pad_id,
+    )
+    sampled = any(job.sampling.temperature > 0 for job in jobs)
+    streamer = _RowStreamer(jobs, lm.decode, lm.eos) if any(job.emit for job in jobs) else None
+    count(len(jobs))
+    with torch.inference_mode():
+        out = lm.model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            generation_config=config,
+            logits_processor=[_RowSampler(jobs, device)] if sampled else None,
+            stopping_criteria=[_RowStop(jobs, width, lm.eos)],
+            streamer=streamer,
+        )
+    rows = out[:, width:].tolist()
+    elapsed = time.monotonic() - start
+    for i, job in enumerate(jobs):
+        if job.timed_out:
+            job.future.set_exception(
+                ProviderError("local generation timed out (call timeout_s)", transient=True)
+            )
+            continue
+        tokens, finish = rows[i][: job.max_tokens], "length"
+        for k, token in enumerate(tokens):
+            if token in lm.eos:
+                tokens, finish = tokens[:k], "stop"
+                break
+        text = lm.decode(tokens)
+        if streamer is not None:
+            streamer.finish(i, text)
+        job.future.set_result(_Output(text, len(tokens), finish, elapsed))

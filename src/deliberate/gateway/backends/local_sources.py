@@ -9,8 +9,12 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import re
+import shutil
 import struct
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -266,4 +270,59 @@ def _load_folder(folder: Path, plan: LoadPlan, device: str) -> tuple[Any, Any]:
         raise ProviderError(
             f"cannot load {folder}: {type(exc).__name__}: {exc}", trips_breaker=False
         ) from exc
+    return model, tokenizer
+
+
+def convert_gguf(source: ModelSource, dest: Path, notify: Progress) -> tuple[Any, Any]:
+    """Dequantise a GGUF and save it as a safetensors folder; returns (model, tokenizer)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    notify(f"converting {source.path.name} from GGUF (first use only; later loads are fast) ...")
+    start = time.monotonic()
+    folder, name = source.path.parent, source.path.name
+    try:
+        with _quick_gguf():
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, **SAFE_LOAD)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, **_dtype_kw(torch.float32), **SAFE_LOAD
+            )
+            model.eval()
+    except Exception as exc:
+        raise _config_error(
+            f"cannot read {source.path}: {type(exc).__name__}: {exc}", "is it a GGUF file?"
+        ) from exc
+    # A GGUF-loaded model carries a "gguf" quantizer that refuses save_pretrained; the weights
+    # are already dequantised, so drop it (and the config entry that would reload it as GGUF).
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and hasattr(quantizer, "remove_quantization_config"):
+        quantizer.remove_quantization_config(model)
+    else:
+        setattr(model, "hf_quantizer", None)  # noqa: B010 (older transformers)
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
+        if time.time() - stale.stat().st_mtime > 3600:  # left by a crash
+            shutil.rmtree(stale, ignore_errors=True)
+    if dest.exists() and not is_converted(dest):
+        shutil.rmtree(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        marker = {
+            "source": str(source.path),
+            "size": source.path.stat().st_size,
+            "converted_at": time.time(),
+        }
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2))
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not is_converted(dest):  # not another process winning the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    notify(f"converted {source.path.name} in {time.monotonic() - start:.1f}s into {dest}")
     return model, tokenizer
