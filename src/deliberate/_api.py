@@ -7,12 +7,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
-from .engine.events import Subscriber
 from .engine.executor import RunOptions, RunResult
 from .flows.loader import LoadedFlow
-from .gateway.gateway import Gateway
-from .registry import Registry
 from .services.run import (
     OutputOptions,
     RunOutcome,
@@ -34,17 +30,18 @@ async def run_flow_async(
     inputs: dict[str, Any] | None = None,
     options: RunOptions | None = None,
     *,
-    registry: Registry | None = None,
-    gateway: Gateway | None = None,
-    subscribers: list[Subscriber] | None = None,
     runs_dir: Path | None = None,
     record: bool = True,
-    settings: Settings | None = None,
+    **services: Any,
 ) -> RunOutcome:
-    """Validate and run a flow, recording it under ``runs_dir`` (default: settings)."""
+    """Validate and run a flow, recording it under ``runs_dir`` (default: settings).
+
+    ``services`` are :class:`~deliberate.services.run.Services` fields, each optional:
+    ``registry``, ``gateway``, ``settings`` and ``subscribers`` (a list of event callbacks).
+    """
+    subscribers = list(services.pop("subscribers", None) or [])
     request = RunRequest(flow, inputs or {}, options or RunOptions(), OutputOptions(record, runs_dir))
-    env = Services(settings=settings, registry=registry, gateway=gateway, subscribers=list(subscribers or []))
-    return await run(request, env)
+    return await run(request, Services(subscribers=subscribers, **services))
 
 
 def run_flow(flow: str | Path | LoadedFlow, inputs: dict[str, Any] | None = None,
