@@ -327,6 +327,12 @@ async def test_when_every_model_fails_one_error_lists_each() -> None:
     assert isinstance(err, ProviderError)
     assert err.line() == ("every model failed: a: a is down; b: b: bad key (see the run record for each attempt)")
     assert [(k, e.message) for k, e in err.failures] == [("a", "a is down"), ("b", "b: bad key")]
+    # the same failures as an exception group, for `except*`
+    assert err.__cause__ is err.group and [e.message for e in err.group.exceptions] == ["a is down", "b: bad key"]
+    try:
+        raise err.group
+    except* ProviderError as matched:
+        assert len(matched.exceptions) == 2
 
 
 async def test_a_lone_candidate_raises_its_own_error() -> None:

@@ -60,10 +60,14 @@ class Layer:
 
 
 class EveryModelFailed(ProviderError):
-    """Every candidate of a request failed; ``failures`` holds each model's error, in order."""
+    """Every candidate of a request failed; ``failures`` holds each model's error, in order, and
+    ``group`` (also the ``__cause__``) the same errors as an :class:`ExceptionGroup`, for
+    ``except*``."""
 
     def __init__(self, failures: list[tuple[str, DeliberateError]]) -> None:
         self.failures = failures
+        self.group = ExceptionGroup("every model failed", [exc for _, exc in failures])
+        self.__cause__ = self.group
         super().__init__("every model failed: " + "; ".join(f"{key}: {exc.line()}" for key, exc in failures),
                          hint="see the run record for each attempt")
 
