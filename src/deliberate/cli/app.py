@@ -10,6 +10,7 @@ import typer
 from .._version import __version__
 from . import config as config_cmd
 from . import flows as flows_cmd
+from . import flowtest as flowtest_cmd
 from . import models as models_cmd
 from . import run as run_cmd
 from . import runs as runs_cmd
@@ -44,6 +45,7 @@ app.command("generate")(run_cmd.generate)
 app.command("replay")(runs_cmd.replay)
 app.command("resume")(runs_cmd.resume)
 app.command("doctor")(models_cmd.doctor)
+app.command("test")(flowtest_cmd.test)
 app.add_typer(flows_cmd.app, name="flows")
 app.add_typer(models_cmd.models_app, name="models")
 app.add_typer(models_cmd.strategies_app, name="strategies")

@@ -197,7 +197,8 @@ class RunContext:
             messages=messages, model_key=model,
             strategy=opts.strategy or step.strategy or d.strategy,
             max_tokens=step.max_tokens or d.max_tokens, temperature=temperature, seed=seed,
-            context={"flow": self.flow.name, "step": name, "run_id": self.run_id},
+            context={"flow": self.flow.name, "step": name, "run_id": self.run_id, "round": self.round,
+                     "branch": branch},
         )
 
     async def call(self, name: str, request: GenerationRequest, *, branch: int | None = None,

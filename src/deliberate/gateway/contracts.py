@@ -154,6 +154,7 @@ class CallContext:
     strategy: str = ""
     constraints: Constraints = Constraints()
     cached: GenerationResult | None = None  # set by the response cache when it answered
+    tags: dict[str, Any] = field(default_factory=dict)  # the caller's opaque request.context; layers ignore it
 
     def emit(self, event: GatewayEvent) -> None:
         """Record a retry or fallback of this request and tell its listeners. Not broadcast:

@@ -199,7 +199,7 @@ class Gateway:
         constraints = request.constraints
         context = CallContext(
             listeners=(self.events.append, on_event) if on_event else (self.events.append,),
-            started=started, strategy=strategy.name, constraints=constraints)
+            started=started, strategy=strategy.name, constraints=constraints, tags=request.context)
         call = BackendCall(model_key=spec.key, spec=spec, messages=request.messages, sampling=sampling,
                            max_tokens=max_tokens, timeout_s=strategy.limits.timeout_s, context=context)
         # what a stack depends on besides the model: its strategy (the object: names may repeat),
