@@ -14,6 +14,7 @@ from . import flowtest as flowtest_cmd
 from . import models as models_cmd
 from . import run as run_cmd
 from . import runs as runs_cmd
+from . import serve as serve_cmd
 
 app = typer.Typer(
     name="deliberate",
@@ -45,6 +46,8 @@ app.command("generate")(run_cmd.generate)
 app.command("replay")(runs_cmd.replay)
 app.command("resume")(runs_cmd.resume)
 app.command("doctor")(models_cmd.doctor)
+app.command("serve")(serve_cmd.serve)
+app.command("mcp")(serve_cmd.mcp)
 app.command("test")(flowtest_cmd.test)
 app.add_typer(flows_cmd.app, name="flows")
 app.add_typer(models_cmd.models_app, name="models")
