@@ -206,6 +206,18 @@ def test_a_model_key_proxies_one_call_and_records_it(served: Served, isolated: P
     assert len(recs) == 2 and {r["flow_name"] for r in recs} == {"generate"}
 
 
+def test_an_answer_cut_at_max_tokens_finishes_with_length(served: Served, scripted: Any) -> None:
+    scripted.write([{"match": "long", "reply": "cut short", "finish": "length"}])
+    api = client(served)
+    done = api.chat.completions.create(model="alt", max_tokens=2, messages=[{"role": "user", "content": "long"}])
+    assert done.choices[0].finish_reason == "length"
+    streamed = list(api.chat.completions.create(model="alt", stream=True, max_tokens=2,
+                                                messages=[{"role": "user", "content": "long"}]))
+    assert [c.choices[0].finish_reason for c in streamed if c.choices and c.choices[0].finish_reason] == ["length"]
+    plain = api.chat.completions.create(model="alt", messages=[{"role": "user", "content": "short"}])
+    assert plain.choices[0].finish_reason == "stop"
+
+
 def test_errors_are_openai_errors(served: Served, scripted: Any) -> None:
     api = client(served)
     with pytest.raises(openai.NotFoundError) as nf:

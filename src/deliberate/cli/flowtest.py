@@ -31,9 +31,11 @@ def test(
                                                        "to (default: flows/tests/<flow>.yaml)."),
     name: str = typer.Option(None, "--name", help="With --record: the case's name."),
 ) -> None:
-    """Run flow tests: each case runs its flow on scripted replies (no model is called) and checks
-    the answer, calls, rounds, prompts, judges and votes. Exit 0 all pass, 1 a case failed, 2 a
-    bad test file."""
+    """Run flow tests: each case runs its flow on scripted replies (no model is called).
+
+    Checks the answer, calls, rounds, prompts, judges and votes. Exit 0 all pass, 1 a case
+    failed, 2 a bad test file.
+    """
     from ..testing.api import run_tests
     from ..testing.report import discover, junit_xml
 

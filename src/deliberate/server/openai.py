@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..engine.events import RunFinished
+from ..engine.events import CallFinished, RunFinished
 from ..errors import DeliberateError
 from ..flows.loader import available_flows
 from .chat import FLOW_PREFIX, ChatStream, find_flow, flow_call, model_call, streams_answer
@@ -93,13 +93,22 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
     if finished is None or finished.status != "succeeded" or finished.output is None:
         err = run_error(finished, started)
         return JSONResponse(error_body(err.message, err.type, err.code), status_code=err.status, headers=headers)
-    return JSONResponse(_completion(started.live.run_id, body.model, finished), headers=headers)
+    finish = finish_reason(started.live.events, started.live.output_step)
+    return JSONResponse(_completion(started.live.run_id, body.model, finished, finish), headers=headers)
 
 
-def _completion(run_id: str | None, model: str, finished: RunFinished) -> dict[str, Any]:
+def finish_reason(events: list[Any], output_step: str | None) -> str:
+    """``length`` when the answer's last call stopped at its max_tokens, else ``stop``."""
+    for event in reversed(events):
+        if isinstance(event, CallFinished) and event.step == output_step:
+            return "length" if event.call.finish_reason == "length" else "stop"
+    return "stop"
+
+
+def _completion(run_id: str | None, model: str, finished: RunFinished, finish: str) -> dict[str, Any]:
     return {"id": f"chatcmpl-{run_id}", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": finished.output},
-                         "finish_reason": "stop", "logprobs": None}],
+                         "finish_reason": finish, "logprobs": None}],
             "usage": usage(finished.totals),
             "deliberate": {"run_id": run_id, "cost_usd": finished.totals.cost_usd, "calls": finished.totals.calls}}
 
@@ -143,7 +152,7 @@ async def _sse(request: Request, started: Started, stream: ChatStream,
             yield _data({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                          "choices": [], **error_body(err.message, err.type, err.code)})
         else:
-            yield _data(chunk({}, "stop"))
+            yield _data(chunk({}, finish_reason(live.events, live.output_step)))
             if include_usage:
                 yield _data({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                              "choices": [], "usage": usage(finished.totals)})

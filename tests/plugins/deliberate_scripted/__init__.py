@@ -76,7 +76,8 @@ class ScriptedBackend(Backend):
             entry.update(ok=True, reply=text)
             return Reply(text=text, prompt_tokens=max(1, len(prompt) // 4),
                          completion_tokens=int(rule.get("tokens", len(words))) if rule else len(words),
-                         source="scripted", model_name=f"scripted/{call.model_key}", finish_reason="stop")
+                         source="scripted", model_name=f"scripted/{call.model_key}",
+                         finish_reason=str(rule.get("finish", "stop")) if rule else "stop")
         except BaseException as exc:
             entry.update(ok=False, error=type(exc).__name__)
             raise
