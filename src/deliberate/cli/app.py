@@ -9,6 +9,8 @@ import typer
 
 from .._version import __version__
 from . import config as config_cmd
+from . import eval as eval_cmd
+from . import evals as evals_cmd
 from . import flows as flows_cmd
 from . import flowtest as flowtest_cmd
 from . import models as models_cmd
@@ -55,6 +57,8 @@ app.add_typer(models_cmd.strategies_app, name="strategies")
 app.add_typer(runs_cmd.runs_app, name="runs")
 app.add_typer(runs_cmd.cache_app, name="cache")
 app.add_typer(config_cmd.config_app, name="config")
+app.command("eval")(eval_cmd.eval_command)
+app.add_typer(evals_cmd.evals_app, name="evals")
 
 
 def main() -> None:
