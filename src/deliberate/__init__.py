@@ -22,6 +22,7 @@ _EXPORTS = {
     "GenerationRequest": ".gateway", "GenerationResult": ".gateway", "Message": ".gateway",
     "Reply": ".gateway",
     "ModelSpec": ".registry", "Registry": ".registry", "StrategySpec": ".registry",
+    "EvalControl": ".eval.runner", "EvalRequest": ".eval.runner", "run_eval": ".eval.runner",
 }
 
 
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
         RecordError,
         ValidationError,
     )
+    from .eval.runner import EvalControl, EvalRequest, run_eval  # noqa: F401
     from .flows import Flow, LoadedFlow, Step, load_flow  # noqa: F401
     from .gateway import (  # noqa: F401
         Backend,
@@ -67,6 +69,8 @@ __all__ = [
     "CapacityError",
     "DeliberateError",
     "Engine",
+    "EvalControl",
+    "EvalRequest",
     "Flow",
     "FlowError",
     "Gateway",
@@ -87,6 +91,7 @@ __all__ = [
     "ValidationError",
     "__version__",
     "load_flow",
+    "run_eval",
     "run_flow",
     "run_flow_async",
 ]
