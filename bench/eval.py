@@ -119,7 +119,9 @@ def via_inspect(base: str, items: list[dict[str, str]], work: Path) -> float:
                 solver=generate(), scorer=includes())
     os.environ.setdefault("OPENAI_API_KEY", "no-key-required")
     started = time.perf_counter()
-    logs = eval(task, model="openai/bench-model", model_base_url=base, max_connections=1, max_samples=1,
+    # chat completions, as deliberate and the SDK side use (inspect_ai prefers the Responses API)
+    logs = eval(task, model="openai/bench-model", model_base_url=base, model_args={"responses_api": False},
+                max_connections=1, max_samples=1,
                 log_dir=str(work / "inspect-logs"), display="none", max_tokens=64)
     elapsed = time.perf_counter() - started
     if not logs or logs[0].status != "success":
