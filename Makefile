@@ -9,7 +9,7 @@ TORCH := torch==2.13.0+cpu
 # Extra uv flags for `make lock`, e.g. LOCK_FLAGS=--upgrade or LOCK_FLAGS='--upgrade-package litellm'.
 LOCK_FLAGS ?=
 
-.PHONY: test demo install lint bench clean sysdeps lock
+.PHONY: test test-fast demo install lint bench bench-eval serve clean sysdeps lock
 
 # Everything is installed pinned and hash-checked from requirements/*.lock (made by `make lock`),
 # with --no-deps, so nothing unpinned or unhashed comes in on the side.
@@ -65,8 +65,21 @@ sysdeps:
 	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium chromium-driver >/dev/null ) || \
 	  echo "note: chromium not installed; the HTML report browser test will be skipped"
 
+# The suite runs on pytest-xdist workers (JOBS=auto: one per CPU; JOBS=0: one process). loadfile
+# keeps each test file on one worker, so a module's fixtures (a model server, the one fresh GGUF
+# conversion) are set up once (xdist 3.8's loadgroup does not group under pytest 9: it sets a node
+# id attribute pytest no longer reads). The converted built-in model is shared through a
+# per-machine cache (~/.cache/deliberate-tests/models, or DELIBERATE_TEST_MODEL_CACHE).
+JOBS ?= auto
+XDIST = -n $(JOBS) --dist loadfile
+
+# Everything: the real built-in model (marked slow) and headless Chromium (marked browser) included.
 test: $(STAMP) sysdeps
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
+
+# The quick lane: everything that needs neither the built-in model nor Chromium.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow and not browser" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/deliberate run challenge "Write a Python function that checks whether a password is strong, and explain the rules."
@@ -77,6 +90,23 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/startup.py
+
+# deliberate serve on 127.0.0.1:8000 (SERVE_ARGS='--port 9000 --api-key-env MY_KEY' and so on).
+serve: $(STAMP)
+	$(BIN)/deliberate serve $(SERVE_ARGS)
+
+# bench/eval.py side by side with inspect_ai, in a venv of its own (build/bench-venv: the locked
+# dependencies, inspect-ai from PyPI, this checkout), so .venv keeps only what the lock holds.
+BENCH_VENV := build/bench-venv
+$(BENCH_VENV)/.ready: requirements/dev.lock
+	$(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --require-hashes --no-deps -r requirements/dev.lock
+	$(BENCH_VENV)/bin/pip install -q inspect-ai
+	$(BENCH_VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+bench-eval: $(BENCH_VENV)/.ready
+	$(BENCH_VENV)/bin/python bench/eval.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

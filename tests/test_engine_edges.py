@@ -64,7 +64,10 @@ steps:
     backend = ScriptedBackend(rules=[{"match": "^a$", "fail": "fatal"}, {"match": "^[bc]$", "delay": 1.0}])
     outcome, events, _rec = await run(flow, backend, {"prompt": "q"})
     assert outcome.result.status == "succeeded"
-    await asyncio.sleep(1.2)
+    # no waiting out the 1 s delays: a branch left running would still be a pending task now
+    await asyncio.sleep(0)
+    left_running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    assert left_running == []
     finished_branches = [c for c in backend.calls if c["prompt"] in ("b", "c") and c.get("ok")]
     assert finished_branches == []  # cancelled, not left running
     assert type(events[-1]).__name__ == "RunFinished"

@@ -117,6 +117,7 @@ def test_the_issue_example_works_as_written(scripted, isolated: Path) -> None:
 BAD = "<script>alert(1)</script><img src=x onerror=\"document.body.dataset.pwned=1\">"
 
 
+@pytest.mark.browser
 def test_html_report_is_self_contained_escaped_and_loads_in_chromium(scripted, isolated: Path, tmp_path: Path) -> None:
     import re
     import subprocess

@@ -1,7 +1,9 @@
 """The local transformers backend, with the real built-in model (SmolLM2-135M from its GGUF).
 
-The GGUF is converted once per session into a temp model cache; every later backend in the
-session loads the converted folder. The only fake here is NVML's answer, to play a GPU.
+The GGUF is converted once per machine into the tests' model cache (conftest ``first_load``),
+and once per session into an empty cache by the tests of the conversion itself
+(``fresh_conversion``); every other backend loads the converted folder. The only fake here is
+NVML's answer, to play a GPU.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def test_construction_imports_no_torch() -> None:
 
 @pytest.mark.slow
 @needs_model
-def test_first_load_converts_the_gguf_into_the_cache(first_load: dict[str, Any]) -> None:
+def test_first_load_converts_the_gguf_into_the_cache(fresh_conversion: dict[str, Any]) -> None:
+    first_load = fresh_conversion
     first, again, (info,) = first_load["first"], first_load["again"], first_load["loaded"]
     assert info.load_path == "gguf"
     assert (info.device, info.dtype, info.quantization) == ("cpu", "float32", "none")
@@ -101,7 +104,8 @@ def test_first_load_converts_the_gguf_into_the_cache(first_load: dict[str, Any])
 
 @pytest.mark.slow
 @needs_model
-async def test_later_loads_read_the_converted_folder(first_load: dict[str, Any]) -> None:
+async def test_later_loads_read_the_converted_folder(fresh_conversion: dict[str, Any]) -> None:
+    first_load = fresh_conversion
     b = backend(first_load["cache"])
     start = time.monotonic()
     reply = await b.generate(call(PROMPTS[0]))
@@ -201,6 +205,7 @@ async def test_a_cancelled_call_stops_and_frees_the_model(shared: Any) -> None:
     assert time.monotonic() - start < 60
 
 
+@pytest.mark.slow
 @needs_model
 async def test_onednn_off_keeps_torchs_linears(first_load: dict[str, Any]) -> None:
     from deliberate.gateway.backends.local import LocalBackend

@@ -1,5 +1,5 @@
-"""Flows end to end on the REAL built-in model (SmolLM2-135M), through the real CLI in a
-subprocess: no scripted backend here. Answers are kept short (max_tokens 8) to stay fast."""
+"""Flows end to end on the REAL built-in model (SmolLM2-135M), through the real CLI (conftest
+``cli``): no scripted backend here. Answers are kept short (max_tokens 8) to stay fast."""
 
 from __future__ import annotations
 

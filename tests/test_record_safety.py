@@ -78,7 +78,7 @@ def test_resume_of_a_record_whose_run_id_escapes_runs_writes_nothing_outside(scr
     planted = plant(isolated, {**data, "run_id": ESCAPED, "status": "interrupted"})
     before, raw = outside_runs(isolated.parent), planted.read_bytes()
     for ref in (OTHER_ID, str(planted)):  # by run id and by path
-        r = cli("resume", ref)  # the real CLI, in a subprocess
+        r = cli("resume", ref)  # the real CLI
         assert r.returncode == 2, r.stderr
         line = one_clean_line(r.stderr)
         assert "invalid run record: run_id" in line and planted.name in line

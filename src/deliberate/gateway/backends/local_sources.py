@@ -156,12 +156,20 @@ def count_params(folder: Path) -> int | None:
 
 
 def converted_name(source: ModelSource) -> str:
-    """The cache folder name of a converted GGUF: its stem plus a digest of its name, size and
-    first MiB (the header and metadata), so a different file of the same name converts anew."""
-    digest = hashlib.sha1(f"{source.path.name}:{source.path.stat().st_size}".encode())
-    with source.path.open("rb") as fh:
-        digest.update(fh.read(1 << 20))
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", source.path.stem) + "-" + digest.hexdigest()[:10]
+    """The cache folder name of a converted GGUF: its stem plus the SHA-256 of its content, so a
+    file that differs anywhere (even only in its weights, same name and size) converts anew, and
+    the same file found at another path (another checkout, another venv) reuses the conversion."""
+    stat = source.path.stat()
+    digest = _content_sha256(str(source.path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", source.path.stem) + "-" + digest[:16]
+
+
+@functools.lru_cache(maxsize=32)
+def _content_sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    """SHA-256 of a file, read once per process for a given (path, size, mtime, inode): about
+    0.1 s for the built-in model's 94 MiB, against seconds for the load it keys."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def is_converted(folder: Path) -> bool:
