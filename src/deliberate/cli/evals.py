@@ -111,6 +111,7 @@ def _pct(x: float | None) -> str:
 def render(report: dict[str, Any]) -> None:
     """An eval's report on stdout: arms with intervals and compute, comparisons, verdict lines,
     per-round scores, flips and the judge audit."""
+    from rich import box
     from rich.table import Table
 
     con = out_console()
@@ -118,22 +119,24 @@ def render(report: dict[str, Any]) -> None:
     con.print(f"[bold]eval {markup(report['eval_id'])}[/]: flow {markup(report['flow'])} on "
               f"{markup(report['dataset'])}, scorer {markup(report['scorer'])}, {report['done']}/{report['items']} "
               f"items, {markup(status)}", soft_wrap=True)
-    t = Table("arm", "k", "n", "pass rate", "95% interval", "score", "calls/item", "tokens/item", "cost $",
-              "latency s/item", title="arms")
+    # compact, so an 80-column terminal shows every column whole; the verdict lines below spell it out
+    graded = any(r["pass_rate"] is None or abs(r["score"] - r["pass_rate"]) > 1e-9 for r in report["arms"])
+    t = Table("arm", "k", "n", "pass", "95% CI", *(["score"] if graded else []), "calls", "tokens", "$",
+              "s", title="arms (calls, tokens, $ and s per item)", box=box.SIMPLE_HEAD, pad_edge=False)
     for r in report["arms"]:
-        name = f"flow ({r['flow']})" if r["arm"] == "flow" else r["arm"]
-        t.add_row(markup(name), str(r["k"] or ""), str(r["n"]), _pct(r["pass_rate"]),
-                  f"{_pct(r['wilson'][0])} - {_pct(r['wilson'][1])}", f"{r['score']:.3f}",
-                  f"{r['calls_per_item']:.2f}", f"{r['tokens_per_item']:.0f}", f"{r['cost_usd']:.4f}",
-                  f"{r['latency_s_per_item']:.2f}")
+        t.add_row(markup(r["flow"] if r["arm"] == "flow" else r["arm"]), str(r["k"] or ""), str(r["n"]),
+                  _pct(r["pass_rate"]), f"{100 * r['wilson'][0]:.0f}-{100 * r['wilson'][1]:.0f}%",
+                  *([f"{r['score']:.3f}"] if graded else []), f"{r['calls_per_item']:.2f}",
+                  f"{r['tokens_per_item']:.0f}", f"{r['cost_usd']:.4f}", f"{r['latency_s_per_item']:.1f}")
     con.print(t)
     if report["comparisons"]:
-        c = Table("vs", "n", "flow wins", "baseline wins", "difference", "95% bootstrap", "test", "p", "p (Holm)",
-                  "verdict", title="paired comparisons")
+        c = Table("flow vs", "n", "won", "lost", "diff", "95% CI", "test", "p", "p Holm",
+                  title="paired comparisons (won/lost: items only one side got right)", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
         for x in report["comparisons"]:
             c.add_row(markup(x["baseline"]), str(x["n"]), str(x["flow_wins"]), str(x["baseline_wins"]),
-                      f"{x['difference']:+.3f}", f"{x['interval'][0]:+.3f} .. {x['interval'][1]:+.3f}", x["test"],
-                      f"{x['p_value']:.4g}", f"{x['p_holm']:.4g}", markup(x["verdict"]))
+                      f"{x['difference']:+.3f}", f"{x['interval'][0]:+.2f}..{x['interval'][1]:+.2f}", x["test"],
+                      f"{x['p_value']:.3g}", f"{x['p_holm']:.3g}")
         con.print(c)
     for line in report["verdict"]:
         con.print(f"- {markup(line)}", soft_wrap=True)
@@ -141,18 +144,19 @@ def render(report: dict[str, Any]) -> None:
         ids = [str(d["id"]) for d in x["disagreements"]]
         if ids:
             more = f" and {len(ids) - 20} more" if len(ids) > 20 else ""
-            con.print(f"  items where flow and {markup(x['baseline'])} disagree: {markup(', '.join(ids[:20]))}{more}",
+            con.print(f"  flow and {markup(x['baseline'])} disagree on item ids: {markup(', '.join(ids[:20]))}{more}",
                       soft_wrap=True)
     rounds = report["rounds"]
     if rounds["stages"]:
-        s = Table("stage", "n", "score", "pass rate", title="the flow's answer at each stage")
+        s = Table("stage", "n", "score", "pass rate", title="the flow's answer at each stage", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
         for st in rounds["stages"]:
             s.add_row(markup(st["stage"]), str(st["n"]), f"{st['score']:.3f}", _pct(st["pass_rate"]))
         con.print(s)
         f = rounds["flips"]
         rate = rounds.get("abandoned_right_rate")
         con.print(f"flips across rounds: right->wrong {f.get('right_to_wrong', 0)}, "
-                  f"wrong->right {f.get('wrong_to_right', 0)}; right answers abandoned: {_pct(rate)}")
+                  f"wrong->right {f.get('wrong_to_right', 0)}; right answers abandoned: {_pct(rate)}", soft_wrap=True)
     judge = report.get("judge")
     if judge:
         agree = _pct(judge["scorer_agreement"])
