@@ -228,7 +228,7 @@ class RunContext:
             raise
         except DeliberateError as exc:
             self.emit(CallFailed(step=name, round=where.round, branch=branch, error=exc.line(),
-                                 error_type=type(exc).__name__))
+                                 error_type=type(exc).__name__, model_key=request.model_key))
             raise
         self._account(where, request, result, started)
         return result

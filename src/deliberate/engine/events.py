@@ -117,7 +117,8 @@ class CallFinished(Event):
 
 @dataclass(slots=True, kw_only=True)
 class CallFailed(Event):
-    """A model call inside a step failed after the gateway's retries and fallbacks."""
+    """A model call inside a step failed after the gateway's retries and fallbacks (``model_key``:
+    the model the step asked for; None when it left the choice to the gateway's router)."""
 
     step: str
     error: str
@@ -125,6 +126,7 @@ class CallFailed(Event):
     round: int = 1
     branch: int | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    model_key: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)

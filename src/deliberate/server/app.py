@@ -13,12 +13,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import PlainTextResponse
 
 from .._version import __version__
 from ..services.live import LiveRuns
 from . import errors, openai, runs, seed, telemetry
 from .config import ServerConfig, api_keys
+from .errors import JSONResponse
 from .guard import Guard
 from .metrics import breaker_states
 from .runtime import ServerState, state_of
@@ -60,7 +61,7 @@ def create_app(config: ServerConfig | None = None, live: LiveRuns | None = None)
                             len(cancelled), ", ".join(cancelled))
             await state.live.aclose()
 
-    app = FastAPI(title="deliberate", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="deliberate", version=__version__, lifespan=lifespan, default_response_class=JSONResponse,
                   description="Flows as OpenAI-compatible models, a run API and metrics.")
     app.state.deliberate = state
     errors.install(app)

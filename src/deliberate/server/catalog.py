@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import DeliberateError
 from ..flows.loader import available_flows, load_flow
+from ..records.schema import RunRecord
 from ..records.store import is_run_id, load, record_path
 from ..services.live import LiveRun, LiveRuns
 from .errors import safe_message
@@ -57,14 +58,26 @@ def record_file(runs: LiveRuns, run_id: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def live_record(live: LiveRun | None) -> RunRecord | None:
+    """The record of a run that ended in this process, or None: none was made, or it cannot be
+    (a model's reply held what JSON cannot carry, so the run record failed)."""
+    if live is None or live.outcome is None:
+        return None
+    try:
+        return live.outcome.record
+    except ValueError:
+        return None
+
+
 def run_doc(runs: LiveRuns, run_id: str) -> dict[str, Any] | None:
     """A run's state: live while it goes, then its record's summary and answer; None if unknown."""
     live = runs.get(run_id) if is_run_id(run_id) else None
     if live is not None and not live.done:
         return live_doc(live)
-    if live is not None and live.outcome is not None and live.outcome.record is not None:
-        rec = live.outcome.record
-    else:
+    rec = live_record(live)
+    if rec is None and live is not None and record_file(runs, run_id) is None:
+        return live_doc(live)  # ended here without a record: what its events tell
+    if rec is None:
         path = record_file(runs, run_id)
         if path is None:
             return None

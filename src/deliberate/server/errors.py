@@ -3,11 +3,12 @@ never a traceback. Every route and middleware answers its failures through :func
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse as _JSONResponse
 
 from ..config import scrub
 from ..errors import BudgetExceeded, DeliberateError, InputError, RecordError
@@ -17,6 +18,30 @@ log = logging.getLogger("deliberate.server")
 
 #: Longest message a response carries (a provider's error page must not fill the response).
 MAX_MESSAGE = 2000
+
+
+def json_text(obj: Any, **options: Any) -> str:
+    """``obj`` as JSON text that always encodes as UTF-8: a lone surrogate (a model's reply can
+    carry one, e.g. from a ``"\\ud800"`` escape upstream) goes out as a ``\\u`` escape instead of
+    failing the response half-way."""
+    text = json.dumps(obj, ensure_ascii=False, **options)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, **options)
+    return text
+
+
+class JSONResponse(_JSONResponse):
+    """Every JSON answer of the server (FastAPI's default response class too): as Starlette's,
+    but a lone surrogate is escaped rather than a 500."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(content, allow_nan=False, indent=None, separators=(",", ":")).encode("ascii")
 
 
 class APIError(Exception):

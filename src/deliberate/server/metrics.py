@@ -78,7 +78,7 @@ class Metrics:
                          c.completion_tokens)
                 self.add("deliberate_cost_usd_total", (), c.cost_usd)
             elif isinstance(event, CallFailed):
-                model = event.attempts[-1].model_key if event.attempts else "unknown"
+                model = event.model_key or (event.attempts[-1].model_key if event.attempts else "unknown")
                 self.add("deliberate_model_calls_total", (("model", model), ("outcome", "error")))
 
         on.wants_tokens = False  # type: ignore[attr-defined]

@@ -5,20 +5,19 @@ Each completion is a recorded run; its id comes back in the ``X-Deliberate-Run-I
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from ..engine.events import CallFinished, RunFinished
 from ..errors import DeliberateError
 from ..flows.loader import available_flows
 from .chat import FLOW_PREFIX, ChatStream, find_flow, flow_call, model_call, streams_answer
-from .errors import APIError, error_body, from_deliberate
+from .errors import APIError, JSONResponse, error_body, from_deliberate, json_text
 from .guard import RUN_HEADER
 from .runtime import Started, start, state_of, usage, wait_unless_gone
 from .schemas import ChatRequest
@@ -114,7 +113,7 @@ def _completion(run_id: str | None, model: str, finished: RunFinished, finish: s
 
 
 def _data(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+    return f"data: {json_text(obj)}\n\n"
 
 
 async def _watch(request: Request, started: Started) -> None:

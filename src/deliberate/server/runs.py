@@ -4,14 +4,13 @@ with their inputs and graphs."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Header
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.responses import HTMLResponse, StreamingResponse
 
 from ..config import scrub
 from ..engine.events import event_dict
@@ -19,9 +18,9 @@ from ..records.schema import RunRecord
 from ..records.store import is_live, is_run_id, load, record_path
 from ..services import ResumeRequest, RunRequest, resume, run
 from ..services.live import LiveRun
-from .catalog import flows_doc, run_doc
+from .catalog import flows_doc, live_record, run_doc
 from .chat import find_flow
-from .errors import APIError
+from .errors import APIError, JSONResponse, json_text
 from .guard import RUN_HEADER
 from .runtime import ServerState, start, state_of
 from .schemas import RunBody
@@ -39,10 +38,8 @@ def _record_file(state: ServerState, run_id: str) -> Path:
 
 
 def _record(state: ServerState, run_id: str) -> RunRecord:
-    live = state.live.get(run_id) if is_run_id(run_id) else None
-    if live is not None and live.outcome is not None and live.outcome.record is not None:
-        return live.outcome.record
-    return load(_record_file(state, run_id))
+    rec = live_record(state.live.get(run_id) if is_run_id(run_id) else None)
+    return rec if rec is not None else load(_record_file(state, run_id))
 
 
 @router.post("/v1/runs", status_code=202)
@@ -92,7 +89,7 @@ async def _events(live: LiveRun, after: int) -> AsyncIterator[str]:
         if event is None:
             yield ": keep-alive\n\n"
             continue
-        data = scrub(json.dumps({"type": event.type, **event_dict(event)}, ensure_ascii=False, default=str))
+        data = scrub(json_text({"type": event.type, **event_dict(event)}, default=str))
         yield f"id: {number}\nevent: {event.type}\ndata: {data}\n\n"
 
 
@@ -132,7 +129,8 @@ async def run_report(run_id: str, request: Request) -> HTMLResponse:
     """The run's HTML report (the same page ``deliberate runs report`` writes)."""
     from ..records.report import render_report
 
-    return HTMLResponse(render_report(_record(state_of(request), run_id)))
+    page = render_report(_record(state_of(request), run_id))
+    return HTMLResponse(page.encode("utf-8", "replace"))  # a lone surrogate from a model: "?"
 
 
 @router.get("/v1/flows")

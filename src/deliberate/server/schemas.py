@@ -4,14 +4,50 @@ those are ignored, not refused; the fields deliberate reads are checked."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import math
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ..engine.executor import RunOptions
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 InputValue = str | int | float | list[str]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def refuse_unsound(data: Any) -> Any:
+    """``data`` (a parsed JSON body) unchanged, or ValueError if it holds what JSON text may spell
+    but no record or response can carry: a lone surrogate (``"\\ud800"``: not Unicode, so not
+    UTF-8) or a number that is not finite (Python's parser takes ``NaN`` and ``Infinity``)."""
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise ValueError("text holds a lone surrogate (\\ud800-\\udfff), which is not Unicode")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError("NaN and Infinity are not JSON numbers")
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return data
+
+
+class _Body(BaseModel):
+    """A request body: refused whole when it holds a lone surrogate or a non-finite number."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sound(cls, data: Any) -> Any:
+        return refuse_unsound(data)
 
 
 class _Strict(BaseModel):
@@ -58,7 +94,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(_Body):
     model_config = ConfigDict(extra="ignore")
     model: Name
     messages: list[ChatMessage] = Field(min_length=1)
@@ -72,7 +108,7 @@ class ChatRequest(BaseModel):
     deliberate: DeliberateOptions | None = None
 
 
-class RunBody(_Strict):
+class RunBody(_Strict, _Body):
     """``POST /v1/runs``: a flow by name, its inputs, the run's options."""
 
     flow: Name
@@ -81,7 +117,7 @@ class RunBody(_Strict):
     tokens: bool = Field(False, description="also stream the model's tokens as events")
 
 
-class OrchestrateBody(BaseModel):
+class OrchestrateBody(_Body):
     """The seed's ``POST /api/orchestrate``: a task for a flow (default ``linear``)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -91,7 +127,7 @@ class OrchestrateBody(BaseModel):
     options: DeliberateOptions = Field(default_factory=DeliberateOptions)
 
 
-class InferenceBody(_Strict):
+class InferenceBody(_Strict, _Body):
     """The seed's ``POST /api/inference``: one prompt to one model."""
 
     prompt: str = Field(min_length=1)

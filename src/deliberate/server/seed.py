@@ -7,11 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ..services import GenerateRequest, RunRequest, generate, prompt_input, run
 from .chat import find_flow
-from .errors import APIError, error_body
+from .errors import APIError, JSONResponse, error_body
 from .guard import RUN_HEADER
 from .openai import STATUS_GONE, run_error
 from .runtime import Started, start, state_of, usage, wait_unless_gone
