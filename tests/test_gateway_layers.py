@@ -529,6 +529,15 @@ async def test_input_errors_pass_and_a_reply_without_text_is_refused() -> None:
         await ScrubLayer(Inner(not_a_reply), "scripted").generate(make_call())
 
 
+async def test_a_lone_surrogate_in_a_reply_becomes_a_replacement_character() -> None:
+    # a broken decode upstream; left in, no record, log or JSON response could hold the text
+    reply = await ScrubLayer(Inner(Reply(text="ok \ud800 then \udfff")), "scripted").generate(make_call())
+    assert reply.text == "ok \ufffd then \ufffd"
+    reply.text.encode("utf-8")  # raises if one were left
+    fine = Reply(text="plain \U0001f600")
+    assert (await ScrubLayer(Inner(fine), "scripted").generate(make_call())).text == "plain \U0001f600"
+
+
 async def test_a_backend_that_answers_no_reply_is_a_provider_error() -> None:
     from deliberate.config import Settings
     from deliberate.gateway import Gateway, GenerationRequest

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -270,11 +271,15 @@ class RetryLayer(Layer):
             return reply
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class ScrubLayer(Layer):
     """Makes what comes up from a backend safe to record and retry on: known secrets scrubbed
     from error messages (:func:`deliberate.config.scrub`), any other exception (a backend bug)
-    turned into a scrubbed, non-transient :class:`ProviderError` instead of a traceback, and a
-    reply without text refused."""
+    turned into a scrubbed, non-transient :class:`ProviderError` instead of a traceback, a reply
+    without text refused, and a lone surrogate in a reply's text (a broken decode; no UTF-8 can
+    hold it) replaced by U+FFFD."""
 
     __slots__ = ("backend_name",)
 
@@ -296,6 +301,8 @@ class ScrubLayer(Layer):
         if not isinstance(getattr(reply, "text", None), str):
             raise ProviderError(f"backend {self.backend_name} answered {type(reply).__name__}, not a Reply with "
                                 "text", where=f"backend {self.backend_name}")
+        if _LONE_SURROGATE.search(reply.text):  # no UTF-8 for it: a record, a log or a response could not hold it
+            reply = replace(reply, text=_LONE_SURROGATE.sub("\ufffd", reply.text))
         return reply
 
 
