@@ -9,7 +9,7 @@ TORCH := torch==2.13.0+cpu
 # Extra uv flags for `make lock`, e.g. LOCK_FLAGS=--upgrade or LOCK_FLAGS='--upgrade-package litellm'.
 LOCK_FLAGS ?=
 
-.PHONY: test test-fast demo install lint bench bench-eval serve clean sysdeps lock
+.PHONY: test test-fast demo install lint bench bench-eval bench-serve serve clean sysdeps lock
 
 # Everything is installed pinned and hash-checked from requirements/*.lock (made by `make lock`),
 # with --no-deps, so nothing unpinned or unhashed comes in on the side.
@@ -107,6 +107,13 @@ $(BENCH_VENV)/.ready: requirements/dev.lock
 
 bench-eval: $(BENCH_VENV)/.ready
 	$(BENCH_VENV)/bin/python bench/eval.py $(BENCH_ARGS)
+
+# bench/serve.py side by side with the LiteLLM proxy (litellm[proxy] at the locked litellm version,
+# in the bench venv; where the index lacks its packages, the bench prints deliberate's side alone).
+bench-serve: $(BENCH_VENV)/.ready
+	$(BENCH_VENV)/bin/pip install -q "litellm[proxy]==$$(sed -n 's/^litellm==\([^ ]*\).*/\1/p' requirements/dev.lock)" || \
+	  echo "note: litellm[proxy] could not be installed; bench/serve.py runs without the LiteLLM side"
+	$(BENCH_VENV)/bin/python bench/serve.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache
