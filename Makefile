@@ -77,9 +77,10 @@ XDIST = -n $(JOBS) --dist loadfile
 test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
-# The quick lane: everything that needs neither the built-in model nor Chromium.
+# The quick lane: everything that needs neither the built-in model nor Chromium, each fuzzed
+# property with a quarter of its examples (tests/helpers/lanes.py).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q $(XDIST) -m "not slow and not browser" $(PYTEST_ARGS)
+	DELIBERATE_TEST_LANE=fast $(BIN)/python -m pytest -q $(XDIST) -m "not slow and not browser" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/deliberate run challenge "Write a Python function that checks whether a password is strong, and explain the rules."

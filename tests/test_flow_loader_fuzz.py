@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from deliberate.errors import FlowError
 from deliberate.flows import load_flow_text
+from helpers.lanes import examples
 
 names = st.sampled_from(["a", "b", "creator", "prompt", "item", "x y", "__class__", "round"])
 templates = st.one_of(
@@ -32,7 +33,7 @@ flows = st.fixed_dictionaries({"name": st.one_of(st.text(max_size=5), st.integer
 })
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(flows)
 def test_structured_flows_load_or_fail_cleanly(data: dict) -> None:
     text = yaml.safe_dump(data)
@@ -44,7 +45,7 @@ def test_structured_flows_load_or_fail_cleanly(data: dict) -> None:
     assert set(loaded.order) == set(loaded.flow.steps)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(max_size=200))
 def test_arbitrary_text_loads_or_fails_cleanly(text: str) -> None:
     try:

@@ -19,6 +19,7 @@ from deliberate.errors import FlowError
 from deliberate.flows import load_flow_text
 from deliberate.flows.templates import TemplateProblem, render
 from deliberate.yamlio import YamlProblem, load_yaml_text
+from helpers.lanes import examples
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8),
                     st.floats(allow_nan=False))
@@ -41,7 +42,7 @@ def aliased(draw: Any) -> str:
 yaml_noise = st.text(alphabet=st.sampled_from(list("&*[]{}:,-!|>'\"#%@`? \n\tabc01")), max_size=120)
 
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(aliased(), yaml_noise, trees.map(lambda t: yaml.safe_dump(t))))
 def test_the_yaml_loader_answers_or_refuses_cleanly(text: str) -> None:
     try:
@@ -62,7 +63,7 @@ fragments = st.sampled_from([
 templates = st.lists(fragments, min_size=1, max_size=4).map("".join)
 
 
-@settings(max_examples=120, deadline=3000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(120), deadline=3000, suppress_health_check=[HealthCheck.too_slow])
 @given(templates)
 def test_hostile_templates_validate_or_render_within_bounds(template: str) -> None:
     text = yaml.safe_dump({"name": "fuzz", "inputs": {"prompt": {}},
@@ -98,7 +99,7 @@ def _main(*args: str) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-@settings(max_examples=60, deadline=3000, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(60), deadline=3000, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(st.one_of(yaml_noise, aliased(), templates.map(lambda t: f"name: f\nsteps:\n  a:\n    prompt: {t!r}\n")))
 def test_flows_validate_exits_0_or_2_and_writes_nothing(isolated: Path, text: str) -> None:

@@ -28,6 +28,7 @@ from conftest import SCRIPTED_MODELS
 from deliberate.errors import RecordError
 from deliberate.records.schema import RunRecord
 from deliberate.records.store import RUN_ID_PATTERN, load
+from helpers.lanes import examples
 
 FUZZ_ID = "01JC0FFEE0000000000000000Z"  # the fuzzed record's file: runs/<FUZZ_ID>.json
 FUZZ = settings(deadline=2000, derandomize=True, database=None,
@@ -140,7 +141,7 @@ def load_or_record_error(path: Path) -> RunRecord | None:
     return rec
 
 
-@settings(FUZZ, max_examples=400)
+@settings(FUZZ, max_examples=examples(400))
 @given(st.data())
 def test_load_any_content(isolated: Path, template: dict[str, Any], data: Any) -> None:
     content = data.draw(st.one_of(
@@ -244,7 +245,7 @@ def check_command(box: Sandbox, record: dict[str, Any], command: list[str], ref:
         assert "\x1b" not in both and "\x07" not in both, (args, both[-2000:])
 
 
-@settings(FUZZ, max_examples=200)
+@settings(FUZZ, max_examples=examples(200))
 @given(st.data())
 def test_commands_read_any_mutated_record_cleanly(sandbox: Sandbox, data: Any) -> None:
     record = data.draw(mutated(sandbox.template), label="record")
@@ -253,7 +254,7 @@ def test_commands_read_any_mutated_record_cleanly(sandbox: Sandbox, data: Any) -
     check_command(sandbox, record, command, ref)
 
 
-@settings(FUZZ, max_examples=100)
+@settings(FUZZ, max_examples=examples(100))
 @given(st.data())
 def test_commands_read_any_file_cleanly(sandbox: Sandbox, data: Any) -> None:
     content = data.draw(st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode()),
