@@ -149,24 +149,26 @@ def test_bodies_no_record_can_hold_are_refused_before_a_run(scripted: Any, isola
 
 
 def test_a_lone_surrogate_from_the_model_is_no_500(scripted: Any, isolated: Path) -> None:
-    """A model's reply can hold a lone surrogate (an upstream's ``"\\ud800"`` escape): the
-    answers carry it as a JSON ``\\u`` escape, streamed or not, never a 500 or a stream broken
-    half-way (it was both)."""
+    """A model's reply can hold a lone surrogate (an upstream's ``"\\ud800"`` escape): the gateway
+    turns it into U+FFFD, streamed or not, so no answer is a 500 or a stream broken half-way (it
+    was both), and the record holds the run."""
     add_flow(isolated)
     scripted.write([{"reply": "bad \ud800 text"}])
     ask = {"model": "alt", "messages": [{"role": "user", "content": "x"}]}
     with TestClient(create_app(ServerConfig(access_log=False))) as http:
         plain = http.post("/v1/chat/completions", json=ask)
         check_response("/v1/chat/completions", plain.status_code, plain.headers["content-type"], plain.text)
-        assert plain.json()["choices"][0]["message"]["content"] == "bad \ud800 text"
+        assert plain.json()["choices"][0]["message"]["content"] == "bad \ufffd text"
         streamed = http.post("/v1/chat/completions", json={**ask, "stream": True})
         assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n"), streamed.text
         check_response("/v1/chat/completions", 200, streamed.headers["content-type"], streamed.text)
         deltas = [json.loads(line[6:]) for line in streamed.text.splitlines()
                   if line.startswith("data: {")]
         text = "".join(d["choices"][0]["delta"].get("content", "") for d in deltas if d["choices"])
-        assert text == "bad \ud800 text"
+        assert text == "bad \ufffd text"
         run_id = streamed.headers["x-deliberate-run-id"]
         for path in (f"/v1/runs/{run_id}", f"/v1/runs/{run_id}/events", f"/v1/runs/{run_id}/report"):
             r = http.get(path)
             check_response(path, r.status_code, r.headers["content-type"], r.text)
+    record = json.loads((isolated / "runs" / f"{run_id}.json").read_text())
+    assert record["status"] == "succeeded" and record["output"] == "bad \ufffd text"

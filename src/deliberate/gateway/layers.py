@@ -274,6 +274,13 @@ class RetryLayer(Layer):
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def _clean_tokens(on_token: TokenCallback) -> TokenCallback:
+    """``on_token`` given streamed text with any lone surrogate replaced, as the reply's is."""
+    def clean(token: str) -> None:
+        on_token(_LONE_SURROGATE.sub("\ufffd", token) if _LONE_SURROGATE.search(token) else token)
+    return clean
+
+
 class ScrubLayer(Layer):
     """Makes what comes up from a backend safe to record and retry on: known secrets scrubbed
     from error messages (:func:`deliberate.config.scrub`), any other exception (a backend bug)
@@ -289,6 +296,8 @@ class ScrubLayer(Layer):
 
     async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
         """The inner answer, checked; its errors scrubbed."""
+        if on_token is not None:
+            on_token = _clean_tokens(on_token)
         try:
             reply = await self.inner.generate(call, on_token)
         except MODEL_ERRORS as exc:
