@@ -16,6 +16,9 @@
 - **Streaming**: ``on_token`` receives each row's new text after every decoding step, through
   ``loop.call_soon_threadsafe`` on the caller's event loop (this module); the pieces join to
   ``Reply.text``.
+- **Engines**: a GGUF source runs through llama.cpp when llama-cpp-python is installed (and the
+  model asks for no quantization, dtype or GPU of its own); everything else through transformers.
+  See :mod:`.llamacpp` (``choose_engine``).
 
 torch and transformers are imported only when a model is first loaded.
 """
@@ -31,6 +34,7 @@ from typing import Any
 from ...config import Settings, get_settings
 from ...errors import CapacityError
 from ..contracts import Backend, BackendCall, Message, Reply, Sampling, TokenCallback
+from .llamacpp import Engine, LlamaCppBackend, choose_engine, llamacpp_installed, wanted_engine
 from .local_batching import _Job, _Loaded
 from .local_models import LoadedModels
 from .local_sources import (
@@ -51,7 +55,8 @@ class LocalBackend(Backend):
 
     ``progress`` receives human-readable loading messages (conversion, load); it is called on the
     caller's event loop. ``batch_window_s`` is how long a lone call waits for company;
-    ``max_batch_size`` caps one ``generate``.
+    ``max_batch_size`` caps one ``generate``. ``engine`` (``auto``, ``transformers``,
+    ``llamacpp``) is the default for models that do not name one (else ``DELIBERATE_LOCAL_ENGINE``).
     """
 
     name = "local"
@@ -63,31 +68,35 @@ class LocalBackend(Backend):
         progress: Progress | None = None,
         batch_window_s: float = 0.03,
         max_batch_size: int = 8,
+        engine: str | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.progress = progress
         self.batch_window_s = batch_window_s
         self.max_batch_size = max_batch_size
         self._models = LoadedModels(self.settings, batch_window_s, max_batch_size)
+        self.engine_default = engine
+        self._llama = LlamaCppBackend(batch_window_s, max_batch_size)
+        self._engines: dict[tuple[Any, ...], Engine] = {}
 
     # -- introspection -------------------------------------------------------------------------
     @property
     def batch_sizes(self) -> list[int]:
         """The size of every ``model.generate`` call so far, in order."""
-        return self._models.batch_sizes()
+        return self._models.batch_sizes() + self._llama.batch_sizes()
 
     @property
     def load_count(self) -> int:
         """How many times a model was loaded from disk by this backend."""
-        return self._models.loads
+        return self._models.loads + self._llama.loads
 
     def loaded(self) -> list[LoadedModel]:
         """The models in memory, least recently used first."""
-        return self._models.infos()
+        return self._models.infos() + self._llama.loaded()
 
     def unload(self, model_key: str | None = None) -> int:
         """Unload idle models (all of them, or those loaded for ``model_key``); returns how many."""
-        return self._models.unload(model_key)
+        return self._models.unload(model_key) + self._llama.unload(model_key)
 
     close = unload
 
@@ -106,6 +115,8 @@ class LocalBackend(Backend):
         """
         loop = asyncio.get_running_loop()
         notify = self._notifier(loop)
+        if await self.engine(call.spec) == "llamacpp":
+            return await self._llama.generate(call, on_token, notify)
         prepare = asyncio.ensure_future(asyncio.to_thread(self._prepare, call, notify))
         try:
             lm, ids, waited, hit = await asyncio.shield(prepare)
@@ -160,8 +171,8 @@ class LocalBackend(Backend):
             max_tokens=max_tokens,
         )
         reply = await self.generate(call)
-        lm = self._models.find(spec)
-        info = lm.info().model_dump() if lm else {}
+        found = self._models.find(spec) or self._llama.find(spec)
+        info = found.info().model_dump() if found else {}
         return {
             **info,
             "model_key": call.model_key,
@@ -175,6 +186,17 @@ class LocalBackend(Backend):
             else 0.0,
             "text": reply.text,
         }
+
+    async def engine(self, spec: Any) -> Engine:
+        """``transformers`` or ``llamacpp``: which engine serves ``spec`` (decided once per model)."""
+        wanted = wanted_engine(spec, self.engine_default)
+        if wanted == "transformers" or (wanted == "auto" and not llamacpp_installed()):
+            return "transformers"  # no need to look at the files
+        ident = (spec.source, spec.quantization, spec.device, spec.dtype, wanted)
+        if ident not in self._engines:
+            source = await asyncio.to_thread(resolve_source, spec)
+            self._engines[ident] = choose_engine(spec, source, wanted)
+        return self._engines[ident]
 
     # -- on the worker threads ------------------------------------------------------------------
     def _notifier(self, loop: asyncio.AbstractEventLoop) -> Progress:

@@ -1,5 +1,6 @@
 """Batched generation for the local backend: jobs, per-row sampling, stopping and streaming, and
-the batcher that gathers concurrent calls to one model into one left-padded ``generate``."""
+the batcher that gathers concurrent calls to one model into one left-padded decode (the lean loop
+of :mod:`.local_decode`, or ``generate`` with ``DELIBERATE_LEAN_DECODE=0``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 from ...errors import CapacityError, DeliberateError, ProviderError
 from ..contracts import Message, Sampling
+from .local_decode import decode, lean_enabled
 from .local_sources import LoadedModel
 from .resources import LoadPlan
 
@@ -131,15 +133,19 @@ class _RowStreamer:
         if value.dim() != 1:  # generate first pushes the prompt
             return
         for i, token in enumerate(value.tolist()):
-            job = self.jobs[i]
-            if self.done[i] or job.abandoned:
-                continue
-            if token in self.eos:
-                self.done[i] = True
-                continue
-            self.tokens[i].append(token)
-            self.done[i] = len(self.tokens[i]) >= job.max_tokens
-            self._send(i, self.decode(self.tokens[i]))
+            self.push(i, token)
+
+    def push(self, i: int, token: int) -> None:
+        """Row ``i`` produced ``token``: send the text it adds, if any."""
+        job = self.jobs[i]
+        if self.done[i] or job.abandoned:
+            return
+        if token in self.eos:
+            self.done[i] = True
+            return
+        self.tokens[i].append(token)
+        self.done[i] = len(self.tokens[i]) >= job.max_tokens
+        self._send(i, self.decode(self.tokens[i]))
 
     def end(self) -> None:
         pass
@@ -317,15 +323,29 @@ def run_batch(lm: _Loaded, jobs: list[_Job], count: Callable[[int], None]) -> No
     sampled = any(job.sampling.temperature > 0 for job in jobs)
     streamer = _RowStreamer(jobs, lm.decode, lm.eos) if any(job.emit for job in jobs) else None
     count(len(jobs))
+    sampler = _RowSampler(jobs, device) if sampled else None
+    stop = _RowStop(jobs, width, lm.eos)
     with torch.inference_mode():
-        out = lm.model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            generation_config=config,
-            logits_processor=[_RowSampler(jobs, device)] if sampled else None,
-            stopping_criteria=[_RowStop(jobs, width, lm.eos)],
-            streamer=streamer,
-        )
+        if lean_enabled():
+            out = decode(
+                lm.model,
+                ids.to(device),
+                mask.to(device),
+                max(job.max_tokens for job in jobs),
+                _greedy if sampler is None else (lambda scores: _greedy(sampler(None, scores))),
+                _stops(stop),
+                streamer.put if streamer is not None else None,
+                lm.pad_id,
+            )
+        else:
+            out = lm.model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                generation_config=config,
+                logits_processor=[sampler] if sampler is not None else None,
+                stopping_criteria=[stop],
+                streamer=streamer,
+            )
     rows = out[:, width:].tolist()
     elapsed = time.monotonic() - start
     for i, job in enumerate(jobs):
@@ -343,3 +363,13 @@ def run_batch(lm: _Loaded, jobs: list[_Job], count: Callable[[int], None]) -> No
         if streamer is not None:
             streamer.finish(i, text)
         job.future.set_result(_Output(text, len(tokens), finish, elapsed))
+
+
+def _greedy(scores: Any) -> Any:
+    return scores.argmax(dim=-1)
+
+
+def _stops(rows: _RowStop) -> Callable[[Any], Any]:
+    """The lean loop's stopping rule: :class:`_RowStop` (an end-of-sequence token, the row's own
+    ``max_tokens``, deadline or cancellation), as ``generate`` asks it."""
+    return lambda seq: rows(seq, None)
