@@ -277,7 +277,7 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 def _clean_tokens(on_token: TokenCallback) -> TokenCallback:
     """``on_token`` given streamed text with any lone surrogate replaced, as the reply's is."""
     def clean(token: str) -> None:
-        on_token(_LONE_SURROGATE.sub("\ufffd", token) if _LONE_SURROGATE.search(token) else token)
+        on_token(token if token.isascii() or not _LONE_SURROGATE.search(token) else _LONE_SURROGATE.sub("\ufffd", token))
     return clean
 
 
@@ -310,7 +310,7 @@ class ScrubLayer(Layer):
         if not isinstance(getattr(reply, "text", None), str):
             raise ProviderError(f"backend {self.backend_name} answered {type(reply).__name__}, not a Reply with "
                                 "text", where=f"backend {self.backend_name}")
-        if _LONE_SURROGATE.search(reply.text):  # no UTF-8 for it: a record, a log or a response could not hold it
+        if not reply.text.isascii() and _LONE_SURROGATE.search(reply.text):  # no UTF-8 for it: a record, a log or a response could not hold it
             reply = replace(reply, text=_LONE_SURROGATE.sub("\ufffd", reply.text))
         return reply
 
