@@ -27,36 +27,17 @@ import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from fake_model import FakeModel
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.5  # deliberate's overhead per item, at most this times inspect_ai's
 TEXT = "Hello from the fake model."
-
-
-class Server:
-    """The test server in its own process (its CPU is not the client's, as a real server's)."""
-
-    def __init__(self) -> None:
-        script = ROOT / "tests" / "servers" / "fake_llm.py"
-        self.proc = subprocess.Popen([sys.executable, str(script), "--text", TEXT], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.port = int(self.proc.stdout.readline())
-        self.openai_base = f"http://127.0.0.1:{self.port}/v1"
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def rows(n: int) -> list[dict[str, str]]:
@@ -142,7 +123,7 @@ def main() -> None:
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work skews the numbers)")
     print(f"{args.items} items, one call each, one item at a time, against a zero-latency server; "
           f"median of {args.runs} runs after a warm-up\n")
-    server = Server()
+    server = FakeModel(TEXT)
     items = rows(args.items)
     results: dict[str, float] = {}
     try:

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from fake_model import FakeModel
 
 from deliberate.config import Settings
 from deliberate.gateway import Gateway, GenerationRequest
@@ -111,33 +110,7 @@ async def via_engine(gw: Gateway, task: str, stream: bool) -> float:
     return elapsed
 
 
-class Server:
-    """The test server in its own process, so its work does not share this process's CPU and GIL
-    with the client being measured (as a real model server would not)."""
-
-    def __init__(self, delay: float) -> None:
-        script = ROOT / "tests" / "servers" / "fake_llm.py"
-        self.proc = subprocess.Popen([sys.executable, str(script), "--delay", str(delay), "--text",
-                                      "Point one. Point two."], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
-        assert self.proc.stdout is not None
-        self.port = int(self.proc.stdout.readline())
-        self.openai_base = f"http://127.0.0.1:{self.port}/v1"
-
-    def stats(self) -> dict[str, int]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_stats", timeout=5) as r:
-            return dict(json.load(r))
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-async def measure(mode: str, server: Server, runs: int) -> tuple[list[float], int, int]:
+async def measure(mode: str, server: FakeModel, runs: int) -> tuple[list[float], int, int]:
     gw = make_gateway(server.openai_base)
 
     way, _, extra = mode.partition("+")
@@ -173,7 +146,7 @@ def main() -> None:
     print(f"{'mode':<13}{'median':>9}{'min':>9}{'max':>9}{'vs critical':>13}{'vs sum':>9}{'calls':>7}"
           f"{'peak':>6}")
     ratios: dict[str, float] = {}
-    server = Server(args.delay)
+    server = FakeModel("Point one. Point two.", args.delay)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             os.chdir(tmp)  # the flow lookup reads ./flows first; keep the user's files out of it

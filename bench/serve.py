@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fake_model import FakeModel
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1.2  # serve's added latency per call, at most this times the LiteLLM proxy's
@@ -70,28 +71,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class Model:
-    """The zero-latency model: the tests' OpenAI-compatible server in its own process."""
-
-    def __init__(self) -> None:
-        # the tests' server as bench/eval.py runs it, with a listen backlog fit for C connections
-        # opening at once (socketserver's default is 5)
-        code = ("import sys; sys.path.insert(0, sys.argv[1]); import fake_llm; "
-                "fake_llm._Server.request_queue_size = 1024; sys.argv[1:] = sys.argv[2:]; fake_llm.main()")
-        self.proc = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "tests" / "servers"), "--text", TEXT],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        self.base = f"http://127.0.0.1:{int(self.proc.stdout.readline())}/v1"
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 class Proxy:
@@ -240,12 +219,12 @@ def main() -> None:
         work = Path(tmp)
         (work / "deliberate").mkdir()
         (work / "litellm").mkdir()
-        model = Model()
+        model = FakeModel(TEXT)
         proxies: list[Proxy] = []
         try:
-            ours = start_deliberate(work / "deliberate", model.base)
+            ours = start_deliberate(work / "deliberate", model.openai_base)
             proxies.append(ours)
-            theirs = start_litellm(exe, work / "litellm", model.base) if exe else None
+            theirs = start_litellm(exe, work / "litellm", model.openai_base) if exe else None
             if theirs is not None:
                 proxies.append(theirs)
             problem = ours.wait("/readyz", 120)
@@ -254,7 +233,7 @@ def main() -> None:
             skipped = "litellm is not installed next to this Python (pip install 'litellm[proxy]', or --litellm PATH)"
             if theirs is not None:
                 skipped = theirs.wait("/health/liveliness", 180) or ""
-            sides = {"direct": (model.base, "bench-model"), "deliberate": (ours.base, "bench")}
+            sides = {"direct": (model.openai_base, "bench-model"), "deliberate": (ours.base, "bench")}
             if not skipped and theirs is not None:
                 sides["litellm"] = (theirs.base, "bench-model")
             measure(sides, args, skipped)

@@ -91,6 +91,7 @@ def _words(body: Any) -> int:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 1024  # many clients connecting at once (socketserver's default is 5)
     owner: FakeLLM
 
 
