@@ -301,7 +301,6 @@ class LlamaCppBackend(Backend):
     async def generate(self, call: BackendCall, on_token: TokenCallback | None = None,
                        notify: Progress | None = None) -> Reply:
         """Answer one call (see :meth:`.local.LocalBackend.generate`)."""
-        loop = asyncio.get_running_loop()
         lm, waited, hit = await asyncio.to_thread(self.acquire, call.spec, notify or logger.info)
         try:
             ids = await asyncio.to_thread(lm.encode, call.messages)
@@ -311,24 +310,8 @@ class LlamaCppBackend(Backend):
                     f"{call.spec.context_window}",
                     hint="shorten the inputs or pick a model with a larger context_window",
                 )
-            emit = None
-            if on_token is not None:
-
-                def emit(piece: str, _cb: TokenCallback = on_token) -> None:
-                    try:
-                        loop.call_soon_threadsafe(_call_safely, _cb, piece)
-                    except RuntimeError:
-                        pass
-
-            deadline = time.monotonic() + call.timeout_s if call.timeout_s else None
-            job = _Job(ids, call.sampling, min(call.max_tokens, call.spec.context_window - len(ids)), emit, deadline)
             assert lm.batcher is not None
-            future = lm.batcher.submit(job)
-            try:
-                out = await asyncio.wrap_future(future)
-            except asyncio.CancelledError:
-                job.abandoned = True
-                raise
+            out = await lm.batcher.run(ids, call, on_token)
         finally:
             self.release(lm)
         return Reply(
@@ -337,9 +320,3 @@ class LlamaCppBackend(Backend):
             model_name=lm.name, finish_reason=out.finish_reason,
         )
 
-
-def _call_safely(callback: Callable[[str], None], value: str) -> None:
-    try:
-        callback(value)
-    except Exception:
-        logger.exception("a local backend callback raised")

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ from ...config import Settings, get_settings
 from ...errors import CapacityError
 from ..contracts import Backend, BackendCall, Message, Reply, Sampling, TokenCallback
 from .llamacpp import Engine, LlamaCppBackend, choose_engine, llamacpp_installed, wanted_engine
-from .local_batching import _Job, _Loaded
+from .local_batching import _Loaded, call_safely
 from .local_models import LoadedModels
 from .local_sources import (
     LoadedModel,
@@ -125,25 +123,8 @@ class LocalBackend(Backend):
             prepare.add_done_callback(self._release_prepared)
             raise
         try:
-            emit = None
-            if on_token is not None:
-
-                def emit(piece: str, _cb: TokenCallback = on_token) -> None:
-                    try:
-                        loop.call_soon_threadsafe(_call_safely, _cb, piece)
-                    except RuntimeError:  # the caller's loop is closed: nobody is listening
-                        pass
-
-            room = call.spec.context_window - len(ids)
-            deadline = time.monotonic() + call.timeout_s if call.timeout_s else None
-            job = _Job(ids, call.sampling, min(call.max_tokens, room), emit, deadline)
             assert lm.batcher is not None
-            future = lm.batcher.submit(job)
-            try:
-                out = await asyncio.wrap_future(future)
-            except asyncio.CancelledError:
-                job.abandoned = True
-                raise
+            out = await lm.batcher.run(ids, call, on_token)
         finally:
             self._models.release(lm)
         return Reply(
@@ -204,7 +185,7 @@ class LocalBackend(Backend):
             logger.info(message)
             if self.progress is not None:
                 try:
-                    loop.call_soon_threadsafe(_call_safely, self.progress, message)
+                    loop.call_soon_threadsafe(call_safely, self.progress, message)
                 except RuntimeError:
                     pass
 
@@ -233,12 +214,6 @@ class LocalBackend(Backend):
         """Dequantise a GGUF into ``dest`` (see :func:`.local_sources.convert_gguf`)."""
         return convert_gguf(source, dest, notify)
 
-
-def _call_safely(callback: Callable[[str], None], value: str) -> None:
-    try:
-        callback(value)
-    except Exception:
-        logger.exception("a local backend callback raised")
 
 
 __all__ = ["LoadedModel", "LocalBackend", "ModelSource", "count_params", "is_converted", "resolve_source"]

@@ -4,7 +4,9 @@ of :mod:`.local_decode`, or ``generate`` with ``DELIBERATE_LEAN_DECODE=0``)."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -240,6 +242,21 @@ class _Batcher:
         self._thread = threading.Thread(target=self._loop, name=f"deliberate-local-{name}", daemon=True)
         self._thread.start()
 
+    async def run(self, ids: list[int], call: Any, on_token: Callable[[str], None] | None) -> _Output:
+        """One call's job, awaited (tokens to ``on_token`` on this loop; cancelled: abandoned)."""
+        loop, emit = asyncio.get_running_loop(), None
+        if on_token is not None:
+            def emit(piece: str) -> None:
+                with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody listens
+                    loop.call_soon_threadsafe(call_safely, on_token, piece)
+        deadline = time.monotonic() + call.timeout_s if call.timeout_s else None
+        job = _Job(ids, call.sampling, min(call.max_tokens, call.spec.context_window - len(ids)), emit, deadline)
+        try:
+            return await asyncio.wrap_future(self.submit(job))
+        except asyncio.CancelledError:
+            job.abandoned = True
+            raise
+
     def submit(self, job: _Job) -> concurrent.futures.Future[_Output]:
         with self._cv:
             if self._closed:
@@ -373,3 +390,11 @@ def _stops(rows: _RowStop) -> Callable[[Any], Any]:
     """The lean loop's stopping rule: :class:`_RowStop` (an end-of-sequence token, the row's own
     ``max_tokens``, deadline or cancellation), as ``generate`` asks it."""
     return lambda seq: rows(seq, None)
+
+
+def call_safely(callback: Callable[[str], None], value: str) -> None:
+    """``callback(value)``; what it raises is logged, never passed to the model's thread."""
+    try:
+        callback(value)
+    except Exception:
+        logger.exception("a local backend callback raised")
