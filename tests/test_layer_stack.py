@@ -66,6 +66,18 @@ async def test_a_new_budget_holds_from_the_next_call() -> None:
         await gw.generate(GenerationRequest.from_prompt("hi"))
 
 
+async def test_a_gateway_with_its_own_budget_shares_backends_and_breakers() -> None:
+    priced = scripted("m", cost_profile=CostProfile(input_per_million=1e6, output_per_million=0))
+    backend = ScriptedBackend()
+    shared = Gateway(registry(priced), settings=Settings(), backends={"scripted": backend})
+    limited = shared.with_budget(Budget(0.5))
+    with pytest.raises(BudgetExceeded):  # its own budget
+        await limited.generate(GenerationRequest.from_prompt("hi"))
+    await shared.generate(GenerationRequest.from_prompt("hi"))  # the shared one's is untouched
+    assert limited.backend("scripted") is backend is shared.backend("scripted")
+    assert limited.breaker(priced.endpoint) is shared.breaker(priced.endpoint)
+
+
 async def test_the_result_carries_every_attempt_and_event_of_the_request() -> None:
     backend = ScriptedBackend(rules=[{"model": "a", "fail": "transient"}])
     gw = Gateway(registry(scripted("a"), scripted("b"), limits=Limits(max_retries=1), fallbacks=["b"]),

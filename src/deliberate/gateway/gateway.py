@@ -101,6 +101,15 @@ class Gateway:
         self._cache = cache
         self._forget_stacks()
 
+    def with_budget(self, budget: Budget) -> Gateway:
+        """A gateway with its own cost budget over this one's backends, breakers and rate limits
+        (one request's limit, while every other caller keeps this gateway's budget). Closing
+        this gateway closes the backends; the sibling is never closed on its own."""
+        g = Gateway(self.registry, settings=self.settings, budget=budget, cache=self._cache,
+                    retry_base_s=self.retry_base_s, progress=self.progress)
+        g._backends, g._breakers, g._limits = self._backends, self._breakers, self._limits
+        return g
+
     def _forget_stacks(self) -> None:
         self._requests.clear()
         self._models.clear()

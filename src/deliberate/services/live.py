@@ -185,7 +185,7 @@ class LiveRuns:
         """A run's services: the shared gateway, or, with a cost limit, one of its own that shares
         its backends, breakers and rate limits (the budget is the gateway's, and runs side by side
         must not share one)."""
-        gateway = self.gateway if max_cost is None else sibling(self.gateway, max_cost)
+        gateway = self.gateway if max_cost is None else self.gateway.with_budget(Budget(max_cost))
         return Services(settings=self.settings, registry=self.registry, gateway=gateway,
                         subscribers=subscribers)
 
@@ -247,18 +247,4 @@ class LiveRuns:
         await self.gateway.aclose()
 
 
-def sibling(shared: Gateway, max_cost: float) -> Gateway:
-    """A gateway with its own cost budget over ``shared``'s backends, breakers and rate limits.
-
-    The gateway keeps its budget as its own state and offers no per-call budget, so a run with a
-    cost limit gets this sibling (it shares the parent's state objects, which is why it reaches
-    into them) rather than changing the budget every other run sees."""
-    g = Gateway(shared.registry, settings=shared.settings, budget=Budget(max_cost), cache=shared.cache,
-                retry_base_s=shared.retry_base_s, progress=shared.progress)
-    g._backends = shared._backends
-    g._breakers = shared._breakers
-    g._limits = shared._limits
-    return g
-
-
-__all__ = ["LiveRun", "LiveRuns", "ServiceCall", "sibling"]
+__all__ = ["LiveRun", "LiveRuns", "ServiceCall"]
