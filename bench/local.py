@@ -14,13 +14,14 @@ Prints three comparisons, each with its target:
    subprocess, the model already converted): this code vs the code in ``--before SRC`` (another
    checkout's ``src``, e.g. a ``git worktree`` of the commit before a change; skipped without it)
    (target <= 0.5x);
-5. prefill and decode tokens/s of the same GGUF through llama.cpp itself (llama-cpp-python, the
+5. prefill and decode tokens/s of the same GGUF through llama.cpp itself (its Python binding, the
    same prompt tokens, the same number of new tokens, greedy, the same thread count) vs the
    backend as it runs by default (llama.cpp when installed) and vs its transformers engine (the
    backend's prefill is a 1-token call, the first token and the call's fixed costs included; its
    decode is the time a ``max_tokens`` call takes beyond that, per extra token). Ends
-   with ``decode vs llama.cpp: R.RRx`` (the default engine; target >= 0.5x). Skipped, with a note,
-   when llama-cpp-python is not installed (``make bench-llamacpp`` installs it).
+   with ``decode vs llama.cpp: R.RRx`` (the default engine; target >= 0.5x). The binding is
+   llama-cpp-python where installed (``make llamacpp``), else llama-cpp-cffi's prebuilt library
+   (``make install`` puts it in). Skipped, with a note, when neither is installed.
 
 Sections 1-3 run the transformers engine (``LocalBackend(engine="transformers")``), which is what
 they measure. Timings are best-of-N, interleaved, because a shared machine's noise only ever slows
@@ -151,7 +152,7 @@ DEMO = "Write a Python function that checks whether a password is strong, and ex
 
 def demo_once(src: str, engine: str | None = None) -> tuple[float, dict[str, Any]]:
     """One ``deliberate run challenge`` with the package from ``src`` (wall seconds, totals)."""
-    # keep extra paths (a llama-cpp-python installed with --target), drop other checkouts' src
+    # keep extra paths (a llama.cpp binding installed with --target), drop other checkouts' src
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
              if p and not (Path(p) / "deliberate" / "__init__.py").is_file()]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *extra])}
@@ -172,7 +173,7 @@ def demo_flow(before: str | None, reps: int) -> None:
 
     here = str(Path(__file__).resolve().parents[1] / "src")
     sides: dict[str, tuple[str, str | None]] = {"after": (here, None)}
-    if llamacpp_installed():  # what a fresh clone without llama-cpp-python gets
+    if llamacpp_installed():  # what a machine without a llama.cpp binding gets
         sides["after, transformers engine"] = (here, "transformers")
     if before:
         sides["before"] = (before, None)
@@ -237,14 +238,18 @@ async def backend_times(backend: LocalBackend, max_tokens: int) -> tuple[float, 
 
 
 async def versus_llamacpp(cache: Path, max_tokens: int, reps: int) -> float | None:
-    from deliberate.gateway.backends.llamacpp import llamacpp_installed, physical_cores
+    from deliberate.gateway.backends.llamacpp import (
+        llama_cpp_python_installed,
+        llamacpp_installed,
+        open_llama,
+        physical_cores,
+    )
     from deliberate.gateway.backends.local_sources import resolve_source
 
     if not llamacpp_installed():
-        print("   llama-cpp-python is not installed (make bench-llamacpp): no side-by-side")
+        print("   no llama.cpp binding is installed (make install, or make llamacpp): no side-by-side")
         return None
     import torch
-    from llama_cpp import Llama
 
     threads = physical_cores()
     torch.set_num_threads(threads)
@@ -255,8 +260,8 @@ async def versus_llamacpp(cache: Path, max_tokens: int, reps: int) -> float | No
     engine = default.loaded()[0].kernels
     ids = story_ids(default)
     assert ids == story_ids(hf), "the engines build different prompts"
-    llm = Llama(model_path=str(resolve_source(SPEC).path), n_ctx=2048, n_batch=512, n_threads=threads,
-                n_threads_batch=threads, verbose=False)
+    llm = open_llama(resolve_source(SPEC).path, 2048, threads)
+    binding = "llama-cpp-python" if llama_cpp_python_installed() else "llama-cpp-cffi"
     eos = int(llm.token_eos())
     print(f"   {len(ids)} prompt tokens, up to {max_tokens} new, greedy, {threads} threads "
           f"(torch {torch.get_num_threads()}), best of {reps}, interleaved")
@@ -271,7 +276,7 @@ async def versus_llamacpp(cache: Path, max_tokens: int, reps: int) -> float | No
     for key, runs in timed.items():
         one, full, n = min(r[0] for r in runs), min(r[1] for r in runs), runs[0][2]
         best[key] = (len(ids) / one, (n - 1) / (full - one), n)
-    labels = {"llama.cpp": "llama.cpp (llama-cpp-python)", "backend": f"backend, default engine ({engine})",
+    labels = {"llama.cpp": f"llama.cpp ({binding})", "backend": f"backend, default engine ({engine})",
               "transformers": "backend, transformers engine"}
     for key, (prefill, decode, n) in best.items():
         print(f"   {labels[key]:<44} prefill {prefill:7.1f} tok/s, decode {decode:6.1f} tok/s ({n} new tokens)")

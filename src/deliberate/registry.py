@@ -80,7 +80,7 @@ class ModelSpec(_Model):
     cost_profile: CostProfile | None = None
     min_vram_gb: float | None = Field(None, ge=0)
     quantization: Literal["none", "4bit", "8bit"] = "none"
-    # local: which engine runs a GGUF (auto: llama.cpp when llama-cpp-python is installed)
+    # local: which engine runs a GGUF (auto: llama.cpp when a llama.cpp binding is installed)
     engine: Literal["auto", "transformers", "llamacpp"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

@@ -1,14 +1,16 @@
-"""The llama.cpp engine of the local backend: a GGUF run as it is (quantized) by llama-cpp-python.
+"""The llama.cpp engine of the local backend: a GGUF run as it is (quantized) by llama.cpp.
 
 For a small GGUF on the CPU, transformers has to dequantise it (4-5x the bytes to read per token)
 and pays Python and dispatch overhead per layer and token; llama.cpp reads the quantized weights
-with its own kernels and decodes several times faster (``bench/local.py``). It is optional:
-``pip install llama-cpp-python`` (an sdist that compiles llama.cpp; ``make bench-llamacpp``).
+with its own kernels and decodes several times faster (``bench/local.py``). Two bindings serve it,
+whichever is installed: llama-cpp-python (an sdist that compiles llama.cpp: ``make llamacpp``),
+preferred when present, else the prebuilt CPU library of the ``llama-cpp-cffi`` wheel
+(:mod:`.llamacpp_cffi`), which ``make install`` puts in with ``--no-deps``.
 
 Which engine serves a ``provider: local`` model (:func:`choose_engine`): ``engine:`` in the
 model's ``models.yaml`` entry when that field exists, else ``DELIBERATE_LOCAL_ENGINE``
 (``auto``, ``transformers`` or ``llamacpp``), else ``auto``: llama.cpp for a GGUF source without
-``quantization``, ``dtype`` or ``device: cuda`` of its own, when llama-cpp-python is installed;
+``quantization``, ``dtype`` or ``device: cuda`` of its own, when a binding is installed;
 transformers otherwise (Hugging Face folders, GPU, bitsandbytes).
 
 Calls keep the local backend's rules: one load per model and process, one worker thread per
@@ -34,6 +36,7 @@ from typing import Any, Literal
 
 from ...errors import CapacityError, ProviderError
 from ..contracts import Backend, BackendCall, Message, Reply, TokenCallback
+from .llamacpp_cffi import CffiLlama, library_path
 from .local_batching import _Batcher, _Job, _Output, _RowStreamer
 from .local_sources import LoadedModel, ModelSource, Progress, resolve_source
 
@@ -41,15 +44,21 @@ logger = logging.getLogger("deliberate.local")
 
 ENGINE_ENV = "DELIBERATE_LOCAL_ENGINE"
 Engine = Literal["transformers", "llamacpp"]
+INSTALL_HINT = "pip install --no-deps llama-cpp-cffi (prebuilt) or pip install llama-cpp-python (compiles)"
 
 
 @functools.lru_cache(maxsize=1)
-def llamacpp_installed() -> bool:
+def llama_cpp_python_installed() -> bool:
     """Whether llama-cpp-python can be imported (looked up once, not imported)."""
     try:
         return importlib.util.find_spec("llama_cpp") is not None
     except (ImportError, ValueError):
         return False
+
+
+def llamacpp_installed() -> bool:
+    """Whether either binding of llama.cpp is installed (nothing imported)."""
+    return llama_cpp_python_installed() or library_path() is not None
 
 
 def wanted_engine(spec: Any, default: str | None = None) -> str:
@@ -76,7 +85,7 @@ def choose_engine(spec: Any, source: ModelSource, default: str | None = None) ->
                                 hint="use engine: transformers for this model", trips_breaker=False)
         if not llamacpp_installed():
             raise ProviderError(f"model {spec.key!r} asks for llama.cpp, which is not installed",
-                                hint="pip install llama-cpp-python", trips_breaker=False)
+                                hint=INSTALL_HINT, trips_breaker=False)
         return "llamacpp"
     return "llamacpp" if source.kind == "gguf" and plain and llamacpp_installed() else "transformers"
 
@@ -148,17 +157,25 @@ class _LlamaModel:
         )
 
 
+def open_llama(path: Path, n_ctx: int, threads: int) -> Any:
+    """A llama.cpp model and context on ``path``: llama-cpp-python's ``Llama`` when it is
+    installed, else :class:`.llamacpp_cffi.CffiLlama` (the same methods)."""
+    if llama_cpp_python_installed():
+        from llama_cpp import Llama
+
+        return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                     n_gpu_layers=0, verbose=False)
+    return CffiLlama(str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads)
+
+
 def load_llama(spec: Any, source: ModelSource, notify: Progress) -> _LlamaModel:
     """Open ``source`` (a GGUF) with llama.cpp on the CPU."""
-    from llama_cpp import Llama
-
     start = time.monotonic()
     threads = physical_cores()
     notify(f"loading {source.name} with llama.cpp ({threads} threads) ...")
     try:
-        llm = Llama(model_path=str(source.path), n_ctx=spec.context_window, n_batch=512, n_threads=threads,
-                    n_threads_batch=threads, n_gpu_layers=0, verbose=False)
-    except (ValueError, RuntimeError, OSError) as exc:
+        llm = open_llama(source.path, spec.context_window, threads)
+    except (ValueError, RuntimeError, OSError, ImportError) as exc:
         raise ProviderError(f"llama.cpp could not load {source.path}: {exc}", trips_breaker=False) from exc
     # end of generation: EOS and, where the vocabulary has one, end of turn
     eos = {int(t) for t in (llm.token_eos(), _eot(llm)) if t is not None and int(t) >= 0}
@@ -171,6 +188,8 @@ def load_llama(spec: Any, source: ModelSource, notify: Progress) -> _LlamaModel:
 
 
 def _eot(llm: Any) -> int | None:
+    if isinstance(llm, CffiLlama):
+        return llm.token_eot()
     try:
         import llama_cpp
 

@@ -16,7 +16,7 @@
 - **Streaming**: ``on_token`` receives each row's new text after every decoding step, through
   ``loop.call_soon_threadsafe`` on the caller's event loop (this module); the pieces join to
   ``Reply.text``.
-- **Engines**: a GGUF source runs through llama.cpp when llama-cpp-python is installed (and the
+- **Engines**: a GGUF source runs through llama.cpp when a llama.cpp binding is installed (and the
   model asks for no quantization, dtype or GPU of its own); everything else through transformers.
   See :mod:`.llamacpp` (``choose_engine``).
 

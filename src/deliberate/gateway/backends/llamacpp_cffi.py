@@ -1,0 +1,199 @@
+"""llama.cpp through the prebuilt CPU library of the ``llama-cpp-cffi`` wheel.
+
+llama-cpp-python is an sdist that compiles llama.cpp (10-30 minutes on two cores); the
+``llama-cpp-cffi`` wheel on PyPI carries llama.cpp already built for x86-64 Linux (AVX2). Its
+Python package pins old versions of transformers and huggingface-hub, so it is installed with
+``--no-deps`` (``make install`` does) and only its CPU extension module is loaded here, by file,
+without importing its package. :class:`CffiLlama` offers the few methods of llama-cpp-python's
+``Llama`` that :mod:`.llamacpp` calls, so either binding serves the engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_PACKAGE = "llama"  # the import name of the llama-cpp-cffi wheel
+_MODULE = "_llama_cpp_cpu"  # its CPU build (the CUDA and Vulkan builds beside it are not used)
+_DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed
+
+
+@functools.lru_cache(maxsize=1)
+def library_path() -> Path | None:
+    """The CPU extension module of llama-cpp-cffi, if that wheel is installed (nothing imported)."""
+    try:
+        spec = importlib.util.find_spec(_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        found = sorted(Path(folder).glob(f"{_MODULE}.*.so"))
+        if found:
+            return found[0]
+    return None
+
+
+_load_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> tuple[Any, Any]:
+    """``(lib, ffi)`` of the extension module, loaded once, its backend initialised and its log
+    silenced (llama.cpp writes every tensor it loads to stderr otherwise)."""
+    path = library_path()
+    if path is None:
+        raise ImportError("llama-cpp-cffi is not installed")
+    with _load_lock:
+        spec = importlib.util.spec_from_file_location(_MODULE, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        lib, ffi = module.lib, module.ffi
+        quiet = ffi.callback("void(enum ggml_log_level, char *, void *)", lambda level, text, data: None)
+        _keep.append(quiet)  # the callback must outlive every call into llama.cpp
+        lib.llama_log_set(quiet, ffi.NULL)
+        lib.llama_backend_init()
+    return lib, ffi
+
+
+_keep: list[Any] = []
+
+
+class CffiLlama:
+    """One GGUF model and one context (one sequence) on the CPU, with the ``Llama`` methods the
+    engine uses: ``tokenize``, ``detokenize``, ``token_bos``, ``token_eos``, ``token_eot``,
+    ``metadata``, ``set_seed``, ``generate``, ``reset`` and ``close``. Not thread-safe for generation: the
+    engine runs one row at a time on one thread per model."""
+
+    def __init__(self, model_path: str, n_ctx: int, n_batch: int, n_threads: int) -> None:
+        lib, ffi = _library()
+        self._lib, self._ffi = lib, ffi
+        params = lib.llama_model_default_params()
+        params.n_gpu_layers = 0
+        self._model = lib.llama_model_load_from_file(model_path.encode(), params)
+        if self._model == ffi.NULL:
+            raise ValueError("not a GGUF model llama.cpp can read")
+        ctx_params = lib.llama_context_default_params()
+        ctx_params.n_ctx = n_ctx
+        ctx_params.n_batch = ctx_params.n_ubatch = n_batch
+        ctx_params.n_threads = ctx_params.n_threads_batch = n_threads
+        ctx_params.no_perf = True
+        self._ctx = lib.llama_init_from_model(self._model, ctx_params)
+        if self._ctx == ffi.NULL:
+            lib.llama_model_free(self._model)
+            raise ValueError(f"llama.cpp could not make a context of {n_ctx} tokens")
+        self._vocab = lib.llama_model_get_vocab(self._model)
+        self.n_ctx = int(lib.llama_n_ctx(self._ctx))
+        self.n_batch = n_batch
+        self._past: list[int] = []  # the tokens whose keys and values are in the context's cache
+        self._seed = _DEFAULT_SEED
+        template = lib.llama_model_chat_template(self._model, ffi.NULL)
+        self.metadata = {"tokenizer.chat_template": ffi.string(template).decode("utf-8", "replace")} \
+            if template != ffi.NULL else {}
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        room = len(text) + 2
+        buf = self._ffi.new("int32_t[]", room)
+        n = self._lib.llama_tokenize(self._vocab, text, len(text), buf, room, add_bos, special)
+        if n < 0:  # a buffer of -n tokens is needed
+            room = -n
+            buf = self._ffi.new("int32_t[]", room)
+            n = self._lib.llama_tokenize(self._vocab, text, len(text), buf, room, add_bos, special)
+        return list(self._ffi.unpack(buf, n))
+
+    def detokenize(self, ids: list[int], special: bool = False) -> bytes:
+        buf = self._ffi.new("char[]", 64)
+        out = bytearray()
+        for token in ids:
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+            if n < 0:  # a piece longer than the buffer
+                big = self._ffi.new("char[]", -n)
+                n = self._lib.llama_token_to_piece(self._vocab, token, big, -n, 0, special)
+                out += self._ffi.buffer(big, n)
+            else:
+                out += self._ffi.buffer(buf, n)
+        return bytes(out)
+
+    def token_bos(self) -> int:
+        return int(self._lib.llama_vocab_bos(self._vocab))
+
+    def token_eos(self) -> int:
+        return int(self._lib.llama_vocab_eos(self._vocab))
+
+    def token_eot(self) -> int:
+        return int(self._lib.llama_vocab_eot(self._vocab))
+
+    def set_seed(self, seed: int) -> None:
+        self._seed = seed & 0xFFFFFFFF
+
+    def _sampler(self, temp: float, top_k: int, top_p: float) -> Any:
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if temp <= 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+            return chain
+        if top_k > 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(top_k))
+        if top_p < 1.0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(top_p, 1))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(temp))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(self._seed))
+        return chain
+
+    def _feed(self, tokens: list[int]) -> None:
+        """Run ``tokens`` through the model after :attr:`_past`, ``n_batch`` at a time."""
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start:start + self.n_batch]
+            arr = self._ffi.new("int32_t[]", chunk)
+            rc = self._lib.llama_decode(self._ctx, self._lib.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                self._forget(len(self._past))  # what this call wrote may be partial
+                raise RuntimeError(f"llama_decode returned {rc}")
+            self._past.extend(chunk)
+
+    def _forget(self, keep: int) -> None:
+        """Drop the cache after the first ``keep`` tokens."""
+        self._lib.llama_kv_cache_seq_rm(self._ctx, -1, keep, -1)
+        del self._past[keep:]
+
+    def generate(self, tokens: list[int], temp: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                 **_ignored: Any) -> Iterator[int]:
+        """Tokens sampled after ``tokens``, one at a time, until the caller stops or the context is
+        full. A greedy call keeps the cache of the prefix ``tokens`` shares with the previous call.
+        A sampled call starts from an empty cache: where earlier calls left holes in the cache, the
+        attention sums run in another order and the last bits of the logits move, which is enough
+        to change a sampled token, and a seed must give the same text every time."""
+        shared = 0
+        if temp <= 0:
+            for a, b in zip(self._past, tokens):
+                if a != b:
+                    break
+                shared += 1
+            shared = min(shared, len(tokens) - 1)  # at least one token runs, for its logits
+            self._forget(shared)
+        else:
+            self.reset()
+        sampler = self._sampler(temp, top_k, top_p)
+        try:
+            feed = list(tokens[shared:])
+            while len(self._past) + len(feed) <= self.n_ctx:
+                self._feed(feed)
+                token = int(self._lib.llama_sampler_sample(sampler, self._ctx, -1))
+                yield token
+                feed = [token]
+        finally:
+            self._lib.llama_sampler_free(sampler)
+
+    def reset(self) -> None:
+        """Empty the cache: the next call runs its whole prompt."""
+        self._lib.llama_kv_cache_clear(self._ctx)
+        self._past.clear()
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._lib.llama_free(self._ctx)
+            self._lib.llama_model_free(self._model)
+            self._ctx = self._model = None
