@@ -203,11 +203,33 @@ def story_ids(backend: LocalBackend) -> list[int]:
     return found.encode([Message(role="user", content=STORY)])
 
 
+def c_greedy(llm: Any, ids: list[int]) -> Any:
+    """llama.cpp's own greedy loop through the C API of llama-cpp-cffi's library (its greedy
+    sampler, no Python sampling): what the binding adds nothing to."""
+    lib, ffi = llm._lib, llm._ffi
+    sampler = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    lib.llama_sampler_chain_add(sampler, lib.llama_sampler_init_greedy())
+    feed = ffi.new("int32_t[]", ids)
+    n = len(ids)
+    try:
+        while True:
+            if lib.llama_decode(llm._ctx, lib.llama_batch_get_one(feed, n)) != 0:
+                return
+            token = lib.llama_sampler_sample(sampler, llm._ctx, -1)
+            yield token
+            feed, n = ffi.new("int32_t[]", [token]), 1
+    finally:
+        lib.llama_sampler_free(sampler)
+
+
 def llama_raw(llm: Any, ids: list[int], max_tokens: int, eos: int) -> tuple[float, float, int]:
     """llama.cpp itself: (prefill tok/s, decode tok/s, new tokens), greedy, from an empty KV cache."""
     llm.reset()
     start = time.perf_counter()
-    steps = llm.generate(ids, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+    if hasattr(llm, "_lib"):  # llama-cpp-cffi: the C loop, not the binding's Python sampler
+        steps = c_greedy(llm, ids)
+    else:
+        steps = llm.generate(ids, temp=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
     first = next(steps)
     t1 = time.perf_counter()
     n = 0 if first == eos else 1
@@ -261,7 +283,7 @@ async def versus_llamacpp(cache: Path, max_tokens: int, reps: int) -> float | No
     ids = story_ids(default)
     assert ids == story_ids(hf), "the engines build different prompts"
     llm = open_llama(resolve_source(SPEC).path, 2048, threads)
-    binding = "llama-cpp-python" if llama_cpp_python_installed() else "llama-cpp-cffi"
+    binding = "llama-cpp-python" if llama_cpp_python_installed() else "llama-cpp-cffi, C greedy loop"
     eos = int(llm.token_eos())
     print(f"   {len(ids)} prompt tokens, up to {max_tokens} new, greedy, {threads} threads "
           f"(torch {torch.get_num_threads()}), best of {reps}, interleaved")

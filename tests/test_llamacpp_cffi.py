@@ -87,6 +87,34 @@ def test_greedy_reuses_the_shared_prefix_and_gives_the_same_tokens(llm: CffiLlam
     assert "Paris" in llm.detokenize(fresh).decode()
 
 
+def c_greedy(llm: CffiLlama, ids: list[int], n: int) -> list[int]:
+    """llama.cpp's own greedy loop, through its C API: its greedy sampler, a fresh cache."""
+    lib, ffi = llm._lib, llm._ffi
+    llm.reset()
+    sampler = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    lib.llama_sampler_chain_add(sampler, lib.llama_sampler_init_greedy())
+    out: list[int] = []
+    feed = list(ids)
+    while len(out) < n:
+        arr = ffi.new("int32_t[]", feed)
+        assert lib.llama_decode(llm._ctx, lib.llama_batch_get_one(arr, len(feed))) == 0
+        out.append(int(lib.llama_sampler_sample(sampler, llm._ctx, -1)))
+        feed = [out[-1]]
+    lib.llama_sampler_free(sampler)
+    llm.reset()
+    return out
+
+
+@needs_cffi
+def test_greedy_is_token_for_token_llama_cpps_own_loop(llm: CffiLlama) -> None:
+    """The binding samples in NumPy and reuses cached prefixes: greedy, it gives exactly what
+    llama.cpp's own sampler gives."""
+    questions = ["What is 2+2?", "Name a primary colour and say why you like it.", "Say hi to Ada."]
+    reference = [c_greedy(llm, prompt(llm, q), 40) for q in questions]
+    ours = [take(llm, prompt(llm, q), 40) for q in questions + questions]  # the second pass reuses prefixes
+    assert ours == reference + reference
+
+
 @needs_cffi
 def test_a_seed_gives_the_same_text_whatever_the_cache_held_before(llm: CffiLlama) -> None:
     question = prompt(llm, "Name a primary colour and say why you like it.")

