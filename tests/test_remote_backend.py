@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from pydantic_core import to_json
 
+from conftest import cli
 from deliberate.config import Settings
 from deliberate.errors import BudgetExceeded, ProviderError
 from deliberate.gateway import Backend, Budget, Gateway, GenerationRequest
@@ -771,12 +772,14 @@ def test_models_check_sends_one_tiny_request_and_says_what_loads(server: FakeLLM
     assert KEY not in out.stdout + out.stderr
 
 
-def test_the_cli_runs_a_flow_on_a_remote_model_from_models_yaml(server: FakeLLM, tmp_path: Path) -> None:
+def test_the_cli_runs_a_flow_on_a_remote_model_from_models_yaml(server: FakeLLM, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # the CLI in-process (conftest.cli): a fresh process's litellm import is the test above's
     env = user_models_yaml(server, tmp_path)
     server.default = Script(text="Remote answer.", prompt_tokens=10, completion_tokens=3)
-    out = subprocess.run([sys.executable, "-m", "deliberate", "run", "challenge", "Design a login form.",
-                          "--model", "remote", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120)
+    monkeypatch.chdir(tmp_path)
+    out = cli("run", "challenge", "Design a login form.", "--model", "remote", "--json",
+              env={k: env[k] for k in (KEY_ENV, "DELIBERATE_HOME", "NO_COLOR")})
     assert out.returncode == 0, out.stderr
     assert not any(r.body.get("stream") for r in server.requests)  # --json shows no tokens: nothing streams
     doc = json.loads(out.stdout)
