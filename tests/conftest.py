@@ -22,6 +22,9 @@ sys.path.insert(0, str(PLUGINS))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+# a judge's re-drafts follow at once: its backoff (0.5 s, then 1 s...) is tested on its own
+# (test_hardening_engine), not waited out in every test with a judge
+os.environ["DELIBERATE_JUDGE_BACKOFF_S"] = "0"
 
 SCRIPTED_MODELS = """
 smollm2-135m: {provider: scripted, family: test, context_window: 8192, cost_profile: {input_per_million: 0, output_per_million: 0}}
@@ -122,6 +125,31 @@ def machine_model_cache() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "deliberate-tests" / "models"
+
+
+# Test files that import the same heavy package run on one xdist worker, so it is imported once:
+# litellm costs about 6 CPU-seconds to import, torch and transformers several (every worker
+# imports what the files it runs import). Files not named here are scheduled one by one.
+IMPORT_GROUPS = {
+    "litellm": ["test_remote_backend.py", "test_eval_remote.py", "test_serve_remote.py"],
+    "torch": ["test_supply_chain.py", "test_local_kernels.py"],
+}
+_GROUP_OF = {name: group for group, names in IMPORT_GROUPS.items() for name in names}
+
+
+@pytest.hookimpl(optionalhook=True)  # a known hook only where xdist is loaded
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, with the files of each import group in one work unit."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ByFileAndImport(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return _GROUP_OF.get(Path(file).name, file)
+
+    return ByFileAndImport(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -29,16 +29,19 @@ from test_engine import JUDGED, registry
 
 async def run_with(flow: str, backend: ScriptedBackend, subscribers: list[Any],
                    inputs: dict[str, Any] | None = None, *, preset: dict[str, Any] | None = None,
-                   parent_record: RunRecord | None = None, parent_run_id: str | None = None) -> Any:
+                   parent_record: RunRecord | None = None, parent_run_id: str | None = None,
+                   settings: Settings | None = None) -> Any:
     """Run a flow on the scripted backend; with ``preset``, as a replay of ``parent_record``."""
     from deliberate.services.run import Lineage, OutputOptions, RunRequest, Services, run
 
     reg = registry()
-    gw = Gateway(reg, settings=Settings(), backends={"scripted": backend}, retry_base_s=0.001)
+    settings = settings or Settings()
+    gw = Gateway(reg, settings=settings, backends={"scripted": backend}, retry_base_s=0.001)
     request = RunRequest(load_flow_text(flow, "test.yaml", reg), inputs or {"prompt": "q"},
                          output=OutputOptions(record=True, runs_dir=Path("runs")),
                          lineage=Lineage(preset=preset or {}, parent_run_id=parent_run_id, parent=parent_record))
-    outcome = await run(request, Services(registry=reg, gateway=gw, subscribers=list(subscribers)))
+    outcome = await run(request, Services(settings=settings, registry=reg, gateway=gw,
+                                          subscribers=list(subscribers)))
     path = outcome.record_path
     rec = json.loads(path.read_text()) if path and path.exists() else None
     return outcome, rec
@@ -209,6 +212,22 @@ async def test_judge_below_threshold_is_in_the_record_and_the_summary() -> None:
     assert summary["below_threshold"] == ["gate"]
     assert summary["steps"]["gate"]["verdict"]["outcome"] == "below_threshold"
     assert "verdict" not in summary["steps"]["answer"]
+
+
+async def test_a_judge_waits_its_backoff_before_each_re_draft(monkeypatch: pytest.MonkeyPatch) -> None:
+    import deliberate.engine.steps.judge as judge
+
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(judge.asyncio, "sleep", sleep)
+    await run_with(JUDGED, ScriptedBackend(rules=NEVER_GOOD), [], settings=Settings(judge_backoff_s=0.25))
+    assert waits == [0.25, 0.5]  # retries: 2, so two re-drafts, the wait doubling
+    assert Settings().judge_backoff_s == 0  # the suite's own setting (conftest)
+    monkeypatch.delenv("DELIBERATE_JUDGE_BACKOFF_S")
+    assert Settings().judge_backoff_s == 0.5  # what users get
 
 
 async def test_a_passing_judge_says_passed_and_nothing_is_below() -> None:

@@ -3,7 +3,7 @@ loops, an exponential macro, ``center(9999999999)``, a string doubled in a loop)
 within the render budget: a validation error (exit 2) where the template is constant, else a
 failed step with one clear line (exit 1), in well under a second and a few hundred MB.
 
-Every case runs in a child process under an address-space limit, so that a regression fails the
+Every case runs in a forked child under an address-space limit, so that a regression fails the
 test instead of eating the machine. The time bounds asserted here are hang guards only; the
 figures measured are printed (``pytest -s``)."""
 
@@ -13,10 +13,6 @@ import os
 import pickle
 import resource
 import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +22,7 @@ import pytest
 from deliberate.flows import templates
 from deliberate.flows.templates import MAX_OUTPUT, TemplateLimit, TemplateProblem, constant_problem, render
 
-CLI_MEMORY = 2 * 1024**3  # address space for the CLI (torch is not imported without a local model)
+CLI_MEMORY = 2 * 1024**3  # address space the CLI may add to what the parent maps (no torch: no local model)
 RENDER_MEMORY = 1024**3  # address space a forked render may add to what the parent already maps
 HANG_GUARD_S = 10.0
 
@@ -240,20 +236,34 @@ def test_what_depends_on_values_is_left_to_run_time(source: str) -> None:
 
 # -- the real CLI ---------------------------------------------------------------------------------
 
-def _cli(*args: str, timeout: float = 30) -> tuple[int, str, float, int]:
-    """The CLI in a subprocess under CLI_MEMORY: (exit code, stderr, seconds, peak RSS in MB)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        p = subprocess.Popen([sys.executable, "-m", "deliberate", *args], stdout=out, stderr=err,
-                             preexec_fn=_limit(CLI_MEMORY))
-        timer = threading.Timer(timeout, p.kill)
-        timer.start()
-        _, status, usage = os.wait4(p.pid, 0)
-        timer.cancel()
-        took = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        return p.returncode, err.read().decode(), took, usage.ru_maxrss // 1024
+def _cli(*args: str) -> tuple[int, str, float, int]:
+    """The real CLI (``helpers.inproc.run_cli``: the entry point ``python -m deliberate`` runs) in
+    a forked child under CLI_MEMORY more than the parent maps and an alarm: (exit code, stderr,
+    seconds, peak RSS in MB). A fork, not a new interpreter: it starts with deliberate imported,
+    a CPU-second cheaper per case, and is as contained."""
+    from helpers.inproc import run_cli
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns to pytest
+        os.close(read)
+        try:
+            _limit(_mapped_bytes() + CLI_MEMORY)()
+            signal.alarm(int(HANG_GUARD_S) * 3)
+            t0 = time.perf_counter()
+            done = run_cli(*args)
+            with os.fdopen(write, "wb") as f:
+                pickle.dump((done.returncode, done.stderr, time.perf_counter() - t0), f)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    _, status, usage = os.wait4(pid, 0)
+    if not data:  # killed (the alarm, or the memory limit where Python could not even raise)
+        return -1, f"the child ended with status {status} and said nothing", 0.0, usage.ru_maxrss // 1024
+    code, err, took = pickle.loads(data)
+    return code, err, took, usage.ru_maxrss // 1024
 
 
 def _flow(path: Path, prompt: str) -> str:

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
                                               ge=1)
     cache: bool = Field(False, validation_alias=_env("DELIBERATE_CACHE"))
     cache_dir: Path | None = Field(None, validation_alias=_env("DELIBERATE_CACHE_DIR"))
+    # seconds before a judge's first re-draft, doubling after each (at most 30)
+    judge_backoff_s: float = Field(0.5, validation_alias=_env("DELIBERATE_JUDGE_BACKOFF_S"), ge=0)
 
     def home_dir(self) -> Path:
         """``$DELIBERATE_HOME`` or the platform's user config dir."""

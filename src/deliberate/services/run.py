@@ -209,7 +209,7 @@ async def run(request: RunRequest, env: Services | None = None) -> RunOutcome:
 
     event_log = [EventLog()] if EventLog.wanted() else []  # checked once a run, not once an event
     engine = Engine(gateway, [recorder, *event_log, *env.subscribers],
-                    history=lambda f, n: recent_history(runs, f, n))
+                    history=lambda f, n: recent_history(runs, f, n), judge_backoff_s=settings.judge_backoff_s)
     result = await engine.run(loaded, values, options, preset=lineage.preset,
                               parent_run_id=lineage.parent_run_id, run_id=lineage.run_id)
     return RunOutcome(result, recorder.path, recorder)
