@@ -131,7 +131,7 @@ def machine_model_cache() -> Path:
 # litellm costs about 6 CPU-seconds to import, torch and transformers several (every worker
 # imports what the files it runs import). Files not named here are scheduled one by one.
 IMPORT_GROUPS = {
-    "litellm": ["test_remote_backend.py", "test_eval_remote.py", "test_serve_remote.py"],
+    "litellm": ["test_remote_backend.py", "test_eval_remote.py", "test_serve_remote.py", "test_hardening.py"],
     "torch": ["test_supply_chain.py", "test_local_kernels.py"],
 }
 _GROUP_OF = {name: group for group, names in IMPORT_GROUPS.items() for name in names}
