@@ -39,12 +39,40 @@ def test_the_layers_stack_in_order_and_idle_ones_are_left_out(tmp_path: Any) -> 
                  backends={"scripted": ScriptedBackend()}, cache=ResponseCache(tmp_path))
     strategy = StrategySpec(name="t", limits=Limits(timeout_s=5))
     assert layers(gw.stack(limited, strategy)) == [
-        "ContextWindowLayer", "CacheLayer", "PrepareLayer", "BudgetLayer", "RetryLayer", "ScrubLayer",
+        "ContextWindowLayer", "CacheLayer", "BudgetLayer", "RetryLayer", "ScrubLayer",
         "RateLimitLayer", "BreakerLayer", "TimeoutLayer", "ScriptedBackend"]
     assert layers(gw.stack(plain, StrategySpec(name="u"), cached=False)) == [
-        "ContextWindowLayer", "PrepareLayer", "BudgetLayer", "RetryLayer", "ScrubLayer", "BreakerLayer",
-        "ScriptedBackend"]
+        "ContextWindowLayer", "BudgetLayer", "RetryLayer", "ScrubLayer", "BreakerLayer", "ScriptedBackend"]
     assert "TimeoutLayer" in layers(gw.stack(plain, StrategySpec(name="u"), timed=True))
+
+    class Preparing(ScriptedBackend):  # a backend with a prepare hook (the remote one imports litellm)
+        async def prepare(self, spec: Any) -> None:
+            return None
+
+    gw = Gateway(registry(plain), settings=Settings(), backends={"scripted": Preparing()})
+    assert layers(gw.stack(plain, StrategySpec(name="u"), cached=False)) == [
+        "ContextWindowLayer", "PrepareLayer", "BudgetLayer", "RetryLayer", "ScrubLayer", "BreakerLayer",
+        "Preparing"]
+    assert not ScriptedBackend().prepares() and Preparing().prepares()
+
+
+async def test_a_run_s_gateway_is_freed_without_the_garbage_collector() -> None:
+    """No reference cycle through the gateway, its layers and breakers: a gateway whose calls
+    all succeeded goes when its last reference does, and the collector stays out of runs."""
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        gw = Gateway(registry(scripted("m")), settings=Settings(), backends={"scripted": ScriptedBackend()})
+        await gw.generate(GenerationRequest.from_prompt("hi"))
+        assert gw.breaker_state("scripted:m") == "closed"
+        gone = weakref.ref(gw)
+        del gw
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 async def test_layers_are_built_once_per_model_and_strategy(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -228,6 +228,11 @@ class Backend(abc.ABC):
         :meth:`generate` reports (a missing key)."""
         return None
 
+    def prepares(self) -> bool:
+        """Whether :meth:`prepare` does anything (a subclass overrides it): the gateway leaves
+        its prepare layer out otherwise."""
+        return type(self).prepare is not Backend.prepare
+
     async def estimate_cost(self, spec: Any, prompt_tokens: int, max_tokens: int) -> float:
         """An upper bound of one call's cost for the budget, asked only for models without a
         ``cost_profile``. A backend that reads price tables should do so off the event loop."""

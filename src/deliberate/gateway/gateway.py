@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -143,7 +144,7 @@ class Gateway:
                 endpoint,
                 self.settings.circuit_breaker_max_failures,
                 self.settings.circuit_breaker_timeout,
-                self._emit,
+                _weak(self._emit),
             )
         return self._breakers[endpoint]
 
@@ -218,8 +219,9 @@ class Gateway:
         model = self._requests.get((spec.key, *slot))
         if model is None:
             keys = [spec.key] + [k for k in strategy.fallbacks if k != spec.key]
+            candidate = _weak(self._candidate)  # the gateway holds the layer: no reference cycle
             model = self._requests[(spec.key, *slot)] = FallbackLayer(
-                keys, lambda key: self._candidate(key, strategy, slot))
+                keys, lambda key: candidate(key, strategy, slot))
         reply = await model.generate(call, on_token)
         if context.cached is not None:
             return context.cached
@@ -237,7 +239,8 @@ class Gateway:
         """The layers around ``spec``'s backend for calls under ``strategy``, built from the
         backend up (see :mod:`deliberate.gateway.layers` for the order). A layer that could do nothing for
         these calls is left out: no timeout layer without a timeout (``timed``: the request has a
-        latency budget), no cache layer unless ``cached``, no rate limit layer without a limit."""
+        latency budget), no cache layer unless ``cached``, no rate limit layer without a limit,
+        no prepare layer for a backend without a ``prepare``."""
         backend = self.backend(spec.provider)
         breaker = self.breaker(spec.endpoint)
         limits = strategy.limits
@@ -252,10 +255,26 @@ class Gateway:
         model = RetryLayer(model, limits.max_retries, self.retry_base_s,
                            give_up=lambda: breaker.state != "closed")
         model = BudgetLayer(model, self._budget, backend.estimate_cost)
-        model = PrepareLayer(model, backend.prepare)
+        if backend.prepares():
+            model = PrepareLayer(model, backend.prepare)
         if cached and self._cache is not None:
             model = CacheLayer(model, self._cache)
         return ContextWindowLayer(model)
 
 
 __all__ = ["Gateway", "estimate_tokens", "load_backend"]
+
+
+def _weak(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` without a strong reference to its object. What the gateway hands the layers
+    and breakers it keeps calls back into it; a strong reference would be a reference cycle, and
+    every run's gateway would wait for the garbage collector instead of being freed at once."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> Any:
+        bound = ref()
+        # None: the gateway is gone (a breaker shared with a sibling gateway, whose events no
+        # one can hear any more); its layers are only called through it, while it lives
+        return None if bound is None else bound(*args)
+
+    return call

@@ -74,6 +74,9 @@ class PluginBackend(Backend):
         if self._prepare is not None:
             await self._prepare(spec)
 
+    def prepares(self) -> bool:
+        return self._prepare is not None
+
     async def estimate_cost(self, spec: Any, prompt_tokens: int, max_tokens: int) -> float:
         """The plugin's ``estimate_cost`` (run in a thread when it is not async), else 0.0."""
         if self._estimate is None:
