@@ -168,6 +168,7 @@ def test_secret_values_come_from_every_place_a_key_lives(isolated: Path, monkeyp
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211")  # litellm's, not ours
+@pytest.mark.filterwarnings("ignore:.*ReadOnly.*:UserWarning")  # litellm's TypedDicts, first imported here
 def test_a_dotenv_key_and_a_key_inside_a_provider_error_reach_no_output(isolated: Path) -> None:
     """Through the real litellm path to a loopback server: the key lives only in ./.env; the
     server's error quotes the request's Authorization header; a second .env secret comes back
