@@ -140,7 +140,7 @@ async def test_a_run_record_that_cannot_be_written_fails_the_run(monkeypatch: py
     def disk_full(*_a: Any, **_k: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("deliberate.records.recorder.write_atomic", disk_full)
+    monkeypatch.setattr("deliberate.records.store.write_atomic", disk_full)
     outcome, rec = await run_with(JUDGED, ScriptedBackend(rules=PASSING_JUDGE), [])
     r = outcome.result
     assert r.status == "failed" and r.exit_code == 1

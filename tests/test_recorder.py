@@ -66,7 +66,7 @@ async def test_short_run_is_written_once_and_leaves_no_lock(monkeypatch: pytest.
         writes.append(path)
         real(path, data, durable)
 
-    monkeypatch.setattr("deliberate.records.recorder.write_atomic", counting)
+    monkeypatch.setattr("deliberate.records.store.write_atomic", counting)
     reg = registry()
     gw = Gateway(reg, settings=Settings(), backends={"scripted": ScriptedBackend(rules=[])})
     outcome = await run_flow_async(load_flow_text(FANOUT, "t.yaml", reg), {"prompt": "q"}, registry=reg,

@@ -82,16 +82,23 @@ class FallbackLayer:
     :class:`EveryModelFailed`. A budget refusal is never a reason to try another model.
     """
 
-    __slots__ = ("keys", "stack_of")
+    __slots__ = ("keys", "stack_of", "stacks")
 
     def __init__(self, keys: list[str], stack_of: Callable[[str], tuple[Any, Model]]) -> None:
         self.keys, self.stack_of = keys, stack_of
+        # each candidate's (spec, layers), kept once found: ``stack_of`` refuses an untrusted
+        # entry by raising, so only entries it accepted are kept, and the gateway drops this
+        # layer (and these) when its budget or cache changes
+        self.stacks: dict[str, tuple[Any, Model]] = {}
 
     async def generate(self, call: BackendCall, on_token: TokenCallback | None = None) -> Reply:
         """Answer with the first model that can."""
         failures: list[tuple[str, DeliberateError]] = []
         for key in self.keys:
-            spec, model = self.stack_of(key)
+            found = self.stacks.get(key)
+            if found is None:
+                found = self.stacks[key] = self.stack_of(key)
+            spec, model = found
             if failures:
                 call.context.emit(GatewayEvent(kind="fallback", endpoint=spec.endpoint, model_key=key,
                                                detail=f"after: {failures[-1][0]}: {failures[-1][1].line()}",

@@ -15,8 +15,6 @@ read once, when the run starts, and touch only the JSON, never the record's data
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,7 @@ from ..engine.events import (
 )
 from ..engine.values import as_text, from_json
 from .schema import RECORD_KIND, SCHEMA_VERSION, RunRecord
-from .store import LiveLock, record_path, write_atomic
+from .store import LiveLock, RecordWriter, record_path
 
 _TOTALLED = ("cache_hit", "prompt_tokens", "completion_tokens", "cost_usd")
 # fixed once the run has started; everything else is the "tail", encoded on every snapshot
@@ -344,65 +342,8 @@ _STEP_HANDLERS: dict[type, Any] = {
 }
 
 
-class _Writer:
-    """One thread per process writes the latest submitted snapshot of each record file,
-    atomically: the event loop never waits for the disk, and snapshots that queue up while a
-    write is in progress coalesce into the latest. A record's lock is taken just before its first
-    snapshot lands, so a run written only by its final write never creates one."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.pending: dict[Path, tuple[bytes, LiveLock | None]] = {}
-        self.busy: set[Path] = set()
-        self.thread: threading.Thread | None = None
-        self.pid = 0
-
-    def submit(self, path: Path, data: bytes, lock: LiveLock | None) -> None:
-        with self.cond:
-            self.pending[path] = (data, lock)
-            self.cond.notify()
-            if self.thread is None or self.pid != os.getpid():  # none yet, or we are a forked child
-                self.pid = os.getpid()
-                self.thread = threading.Thread(target=self._run, name="deliberate-record", daemon=True)
-                self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self.cond:
-                while not (due := [p for p in self.pending if p not in self.busy]):
-                    self.cond.wait()
-                path = due[0]
-                data, lock = self.pending.pop(path)
-                self.busy.add(path)
-            try:
-                if lock is not None and not lock.held:
-                    lock.acquire()
-                write_atomic(path, data)
-            except OSError:
-                pass  # the final write (write_now) reports a disk that refuses
-            finally:
-                with self.cond:
-                    self.busy.discard(path)
-                    self.cond.notify_all()
-
-    def write_now(self, path: Path, data: bytes, durable: bool = False) -> None:
-        """Drop any queued snapshot of ``path``, wait for a write of it in progress, then write
-        this one here and now."""
-        with self.cond:
-            self.pending.pop(path, None)
-            while path in self.busy:
-                self.cond.wait()
-            self.busy.add(path)
-        try:
-            write_atomic(path, data, durable=durable)
-        finally:
-            with self.cond:
-                self.busy.discard(path)
-                self.cond.notify_all()
-
-
 # A record's first snapshot waits this long: a run that ends sooner is written once, by its
 # final write, as a new file. Renaming over an existing file is what costs on ext4 (about 1 ms
 # here: it flushes the new file's blocks first); creating one costs a tenth of that.
 FIRST_WRITE_DELAY_S = 0.05
-_WRITER = _Writer()
+_WRITER = RecordWriter()

@@ -295,3 +295,60 @@ def recent_history(runs_dir: Path, flow: str, limit: int) -> list[dict[str, Any]
         if len(out) >= limit:
             break
     return out
+
+
+class RecordWriter:
+    """One thread per process writes the latest submitted snapshot of each record file,
+    atomically: the event loop never waits for the disk, and snapshots that queue up while a
+    write is in progress coalesce into the latest. A record's lock is taken just before its first
+    snapshot lands, so a run written only by its final write never creates one."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.pending: dict[Path, tuple[bytes, LiveLock | None]] = {}
+        self.busy: set[Path] = set()
+        self.thread: threading.Thread | None = None
+        self.pid = 0
+
+    def submit(self, path: Path, data: bytes, lock: LiveLock | None) -> None:
+        with self.cond:
+            self.pending[path] = (data, lock)
+            self.cond.notify()
+            if self.thread is None or self.pid != os.getpid():  # none yet, or we are a forked child
+                self.pid = os.getpid()
+                self.thread = threading.Thread(target=self._run, name="deliberate-record", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not (due := [p for p in self.pending if p not in self.busy]):
+                    self.cond.wait()
+                path = due[0]
+                data, lock = self.pending.pop(path)
+                self.busy.add(path)
+            try:
+                if lock is not None and not lock.held:
+                    lock.acquire()
+                write_atomic(path, data)
+            except OSError:
+                pass  # the final write (write_now) reports a disk that refuses
+            finally:
+                with self.cond:
+                    self.busy.discard(path)
+                    self.cond.notify_all()
+
+    def write_now(self, path: Path, data: bytes, durable: bool = False) -> None:
+        """Drop any queued snapshot of ``path``, wait for a write of it in progress, then write
+        this one here and now."""
+        with self.cond:
+            self.pending.pop(path, None)
+            while path in self.busy:
+                self.cond.wait()
+            self.busy.add(path)
+        try:
+            write_atomic(path, data, durable=durable)
+        finally:
+            with self.cond:
+                self.busy.discard(path)
+                self.cond.notify_all()
