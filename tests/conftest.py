@@ -25,6 +25,11 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 # a judge's re-drafts follow at once: its backoff (0.5 s, then 1 s...) is tested on its own
 # (test_hardening_engine), not waited out in every test with a judge
 os.environ["DELIBERATE_JUDGE_BACKOFF_S"] = "0"
+# llama.cpp's threads spin at every op waiting for each other: beside another busy worker, one
+# thread decodes the built-in model several times faster than one per core (30 s against 9 s for
+# the local eval test)
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("DELIBERATE_LLAMACPP_THREADS", "1")
 
 SCRIPTED_MODELS = """
 smollm2-135m: {provider: scripted, family: test, context_window: 8192, cost_profile: {input_per_million: 0, output_per_million: 0}}

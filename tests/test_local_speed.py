@@ -176,6 +176,17 @@ def test_the_engine_field_of_models_yaml_reaches_the_choice(monkeypatch: pytest.
         ModelSpec.model_validate({"key": "m", "provider": "local", "engine": "vllm"})
 
 
+def test_llama_cpp_threads_come_from_the_environment_or_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DELIBERATE_LLAMACPP_THREADS", raising=False)
+    assert llamacpp.llama_threads() == llamacpp.physical_cores() >= 1
+    monkeypatch.setenv("DELIBERATE_LLAMACPP_THREADS", "3")
+    assert llamacpp.llama_threads() == 3
+    monkeypatch.setenv("DELIBERATE_LLAMACPP_THREADS", "many")
+    with pytest.raises(ProviderError, match="DELIBERATE_LLAMACPP_THREADS='many'") as err:
+        llamacpp.llama_threads()
+    assert not err.value.trips_breaker
+
+
 def test_asking_for_llamacpp_without_it_or_for_a_folder_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DELIBERATE_LOCAL_ENGINE", "llamacpp")
     monkeypatch.setattr(llamacpp, "llamacpp_installed", lambda: False)

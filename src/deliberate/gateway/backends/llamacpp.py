@@ -90,6 +90,23 @@ def choose_engine(spec: Any, source: ModelSource, default: str | None = None) ->
     return "llamacpp" if source.kind == "gguf" and plain and llamacpp_installed() else "transformers"
 
 
+THREADS_ENV = "DELIBERATE_LLAMACPP_THREADS"
+
+
+def llama_threads() -> int:
+    """llama.cpp's threads: ``DELIBERATE_LLAMACPP_THREADS``, else one per physical core. Its
+    threads wait for each other at every op, spinning; on a machine whose cores are busy with
+    other work (parallel test workers, a second model) fewer threads decode faster."""
+    wanted = os.environ.get(THREADS_ENV, "").strip()
+    if wanted:
+        try:
+            return max(1, int(wanted))
+        except ValueError:
+            raise ProviderError(f"{THREADS_ENV}={wanted!r} is not a number of threads",
+                                hint="unset it or give a whole number such as 1", trips_breaker=False) from None
+    return physical_cores()
+
+
 def physical_cores() -> int:
     """One thread per physical core: hyperthreads only contend for the same units."""
     try:
@@ -171,7 +188,7 @@ def open_llama(path: Path, n_ctx: int, threads: int) -> Any:
 def load_llama(spec: Any, source: ModelSource, notify: Progress) -> _LlamaModel:
     """Open ``source`` (a GGUF) with llama.cpp on the CPU."""
     start = time.monotonic()
-    threads = physical_cores()
+    threads = llama_threads()
     notify(f"loading {source.name} with llama.cpp ({threads} threads) ...")
     try:
         llm = open_llama(source.path, spec.context_window, threads)
