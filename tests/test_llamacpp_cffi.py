@@ -137,10 +137,37 @@ def test_a_seed_gives_the_same_text_whatever_the_cache_held_before(llm: CffiLlam
 
 @pytest.mark.slow
 @needs_cffi
+def test_a_seed_belongs_to_the_next_generate_call_even_one_never_started(llm: CffiLlama) -> None:
+    question = prompt(llm, "Name a primary colour and say why you like it.")
+    llm.set_seed(5)
+    seeded = take(llm, question, 20, temp=0.8)
+    llm.set_seed(5)
+    llm.generate(question, temp=0.8).close()  # took the seed, sampled nothing
+    assert llm._seed is None  # the next call is not seeded by it
+    llm.set_seed(5)
+    assert take(llm, question, 20, temp=0.8) == seeded
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        llm.generate([])
+
+
+@pytest.mark.slow
+@needs_cffi
 def test_generation_stops_when_the_context_is_full(llm: CffiLlama) -> None:
     ids = prompt(llm, "Count from one to a thousand, one number per line.")
     out = take(llm, ids, 10_000)
     assert len(ids) + len(out) == llm.n_ctx + 1  # the last token sampled is never fed back
+
+
+@pytest.mark.slow
+@needs_cffi
+def test_a_closed_model_refuses_every_call_instead_of_touching_freed_memory() -> None:
+    closed = CffiLlama(str(resolve_source(SPEC).path), n_ctx=128, n_batch=32, n_threads=1)
+    closed.close()
+    closed.close()  # twice is fine
+    for use in (lambda: closed.tokenize(b"hi"), lambda: closed.detokenize([1]), closed.token_eos,
+                closed.reset, lambda: closed.generate([1, 2])):
+        with pytest.raises(RuntimeError, match="closed"):
+            use()
 
 
 @pytest.mark.slow
@@ -177,7 +204,7 @@ def test_greedy_takes_the_argmax_and_temperature_alone_follows_the_softmax() -> 
 def test_top_k_and_top_p_keep_only_their_tokens() -> None:
     logits = np.log(np.array([0.05, 0.5, 0.3, 0.15], dtype=np.float32))
     assert set(draws(Sampler(1.0, 2, 1.0, 1), logits)) == {1, 2}
-    assert set(draws(Sampler(1.0, 0, 0.5, 1), logits)) == {1}  # 0.5 before the second: kept alone
+    assert set(draws(Sampler(1.0, 0, 0.45, 1), logits)) == {1}  # 0.5 before the second: kept alone
     assert set(draws(Sampler(1.0, 0, 0.7, 1), logits)) == {1, 2}
     assert set(draws(Sampler(1.0, 0, 0.81, 1), logits)) == {1, 2, 3}
 
@@ -196,4 +223,18 @@ def test_a_seed_repeats_its_draws_and_no_seed_varies() -> None:
         return [pick(logits) for _ in range(30)]
 
     assert sequence(7) == sequence(7) != sequence(8)
+    assert sequence(-1) == sequence(-1) != sequence(0)  # any int is a seed, as for transformers
     assert len({tuple(sequence(None)) for _ in range(3)}) > 1
+
+
+def test_a_cpu_without_avx2_gets_no_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wheel's library is built for AVX2: elsewhere it would die on an illegal instruction,
+    so the engine must not see it (and falls back to transformers)."""
+    from deliberate.gateway.backends import llamacpp_cffi
+
+    monkeypatch.setattr(llamacpp_cffi, "cpu_can_run_it", lambda: False)
+    llamacpp_cffi.library_path.cache_clear()
+    try:
+        assert llamacpp_cffi.library_path() is None
+    finally:
+        llamacpp_cffi.library_path.cache_clear()

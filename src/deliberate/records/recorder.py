@@ -15,6 +15,7 @@ read once, when the run starts, and touch only the JSON, never the record's data
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,9 @@ class Recorder:
         # a library caller that never reads it pays nothing for it (bench/overhead.py: 6-7 us of
         # 38-44 a step), the live view (which reads it after every event) the same as before.
         self._pending: list[Event] | None = [] if runs_dir is None else None
+        # the live view reads the record on its refresh thread while the loop's events arrive:
+        # keeping, projecting and encoding pending events take turns
+        self._turn = threading.RLock()
 
     @property
     def data(self) -> dict[str, Any] | None:
@@ -100,12 +104,13 @@ class Recorder:
     @property
     def record(self) -> RunRecord | None:
         """The record so far, validated (once per change)."""
-        self._catch_up()
-        if self._data is None:
-            return None
-        if self._validated is None or self._validated[0] != self._version:
-            self._validated = (self._version, RunRecord.model_validate_json(self.text()))
-        return self._validated[1]
+        with self._turn:
+            self._catch_up()
+            if self._data is None:
+                return None
+            if self._validated is None or self._validated[0] != self._version:
+                self._validated = (self._version, RunRecord.model_validate_json(self.text()))
+            return self._validated[1]
 
     # -- events -------------------------------------------------------------------------------
     wants_tokens = False  # streamed text is not recorded; each call's whole answer is
@@ -115,17 +120,24 @@ class Recorder:
 
     def __call__(self, event: Event) -> None:
         if self._pending is not None:
-            self._pending.append(event)
+            with self._turn:
+                self._pending.append(event)
             return
         self._project(event)
 
     def _catch_up(self) -> None:
-        """Project the events kept so far (see ``_pending``)."""
-        pending = self._pending
-        if pending:
-            self._pending = []
-            for event in pending:
-                self._project(event)
+        """Project the events kept so far (see ``_pending``), in order; one that fails to project
+        raises, and those after it stay kept."""
+        if not self._pending:
+            return
+        with self._turn:
+            pending, self._pending = self._pending, []
+            for i, event in enumerate(pending):
+                try:
+                    self._project(event)
+                except BaseException:
+                    self._pending = pending[i + 1:] + self._pending
+                    raise
 
     def _project(self, event: Event) -> None:
         handler = _STEP_HANDLERS.get(type(event))

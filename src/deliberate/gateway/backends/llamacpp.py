@@ -292,7 +292,9 @@ class LlamaCppBackend(Backend):
             models = [self._models.pop(k) for k in gone]
         for lm in models:
             if lm.batcher is not None:
-                lm.batcher.close()
+                # a job may still be decoding (its caller cancelled): llama.cpp's context must
+                # outlive it, or the decode runs on freed memory
+                lm.batcher.close(wait_s=60.0)
             lm.llm.close()
         return len(models)
 

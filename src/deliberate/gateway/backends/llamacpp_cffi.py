@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import platform
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +20,24 @@ from typing import Any
 
 _PACKAGE = "llama"  # the import name of the llama-cpp-cffi wheel
 _MODULE = "_llama_cpp_cpu"  # its CPU build (the CUDA and Vulkan builds beside it are not used)
-_DEFAULT_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: a random seed
+
+
+def cpu_can_run_it() -> bool:
+    """The wheel's CPU library is built for x86-64 with AVX2: on a CPU without it, loading would
+    end the process with an illegal instruction instead of an error."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("flags") and " avx2" in line for line in f)
+    except OSError:
+        return False
 
 
 @functools.lru_cache(maxsize=1)
 def library_path() -> Path | None:
-    """The CPU extension module of llama-cpp-cffi, if that wheel is installed (nothing imported)."""
+    """The CPU extension module of llama-cpp-cffi, if that wheel is installed and this CPU can run
+    it (nothing imported)."""
     try:
         spec = importlib.util.find_spec(_PACKAGE)
     except (ImportError, ValueError):
@@ -32,34 +45,37 @@ def library_path() -> Path | None:
     for folder in (spec.submodule_search_locations or []) if spec else []:
         found = sorted(Path(folder).glob(f"{_MODULE}.*.so"))
         if found:
-            return found[0]
+            return found[0] if cpu_can_run_it() else None
     return None
 
 
 _load_lock = threading.Lock()
+_loaded: list[tuple[Any, Any]] = []  # (lib, ffi), once loaded
+_keep: list[Any] = []  # the log callback: it must outlive every call into llama.cpp
 
 
-@functools.lru_cache(maxsize=1)
 def _library() -> tuple[Any, Any]:
     """``(lib, ffi)`` of the extension module, loaded once, its backend initialised and its log
     silenced (llama.cpp writes every tensor it loads to stderr otherwise)."""
+    if _loaded:
+        return _loaded[0]
     path = library_path()
     if path is None:
-        raise ImportError("llama-cpp-cffi is not installed")
+        raise ImportError("llama-cpp-cffi is not installed, or this CPU lacks AVX2")
     with _load_lock:
+        if _loaded:  # another thread loaded it while this one waited
+            return _loaded[0]
         spec = importlib.util.spec_from_file_location(_MODULE, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         lib, ffi = module.lib, module.ffi
         quiet = ffi.callback("void(enum ggml_log_level, char *, void *)", lambda level, text, data: None)
-        _keep.append(quiet)  # the callback must outlive every call into llama.cpp
+        _keep.append(quiet)
         lib.llama_log_set(quiet, ffi.NULL)
         lib.llama_backend_init()
+        _loaded.append((lib, ffi))
     return lib, ffi
-
-
-_keep: list[Any] = []
 
 
 class Sampler:
@@ -78,7 +94,8 @@ class Sampler:
         import numpy as np
 
         self.temp, self.top_k, self.top_p = temp, top_k, top_p
-        self.rng = np.random.default_rng(seed)
+        # any int is a seed, as for the transformers engine: NumPy takes only non-negative ones
+        self.rng = np.random.default_rng(None if seed is None else seed % (1 << 128))
 
     def __call__(self, logits: Any) -> int:
         import numpy as np
@@ -133,12 +150,13 @@ class CffiLlama:
         self.n_ctx = int(lib.llama_n_ctx(self._ctx))
         self.n_batch = n_batch
         self._past: list[int] = []  # the tokens whose keys and values are in the context's cache
-        self._seed = _DEFAULT_SEED
+        self._seed: int | None = None  # the next generate's seed; None: a fresh one
         template = lib.llama_model_chat_template(self._model, ffi.NULL)
         self.metadata = {"tokenizer.chat_template": ffi.string(template).decode("utf-8", "replace")} \
             if template != ffi.NULL else {}
 
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        self._live()
         room = len(text) + 2
         buf = self._ffi.new("int32_t[]", room)
         n = self._lib.llama_tokenize(self._vocab, text, len(text), buf, room, add_bos, special)
@@ -149,6 +167,7 @@ class CffiLlama:
         return list(self._ffi.unpack(buf, n))
 
     def detokenize(self, ids: list[int], special: bool = False) -> bytes:
+        self._live()
         buf = self._ffi.new("char[]", 64)
         out = bytearray()
         for token in ids:
@@ -162,17 +181,20 @@ class CffiLlama:
         return bytes(out)
 
     def token_bos(self) -> int:
+        self._live()
         return int(self._lib.llama_vocab_bos(self._vocab))
 
     def token_eos(self) -> int:
+        self._live()
         return int(self._lib.llama_vocab_eos(self._vocab))
 
     def token_eot(self) -> int:
+        self._live()
         return int(self._lib.llama_vocab_eot(self._vocab))
 
     def set_seed(self, seed: int) -> None:
-        """The seed of the next :meth:`generate` (a fresh one when never set)."""
-        self._seed = seed & 0xFFFFFFFF  # for the next generate only
+        """The seed of the next :meth:`generate` (a fresh one when none was set)."""
+        self._seed = seed
 
     def _logits(self) -> Any:
         """The last token's logits, as a NumPy view of llama.cpp's buffer (valid until the next
@@ -204,9 +226,17 @@ class CffiLlama:
         full. A greedy call keeps the cache of the prefix ``tokens`` shares with the previous call.
         A sampled call starts from an empty cache: where earlier calls left holes in the cache, the
         attention sums run in another order and the last bits of the logits move, which is enough
-        to change a sampled token, and a seed must give the same text every time."""
+        to change a sampled token, and a seed must give the same text every time. The seed set by
+        :meth:`set_seed` is taken now, by this call."""
+        self._live()
+        if not tokens:
+            raise ValueError("llama.cpp needs at least one prompt token")
+        seed, self._seed = self._seed, None
+        return self._steps(list(tokens), Sampler(temp, top_k, top_p, seed))
+
+    def _steps(self, tokens: list[int], pick: Sampler) -> Iterator[int]:
         shared = 0
-        if temp <= 0:
+        if pick.temp <= 0:
             for a, b in zip(self._past, tokens, strict=False):
                 if a != b:
                     break
@@ -215,9 +245,7 @@ class CffiLlama:
             self._forget(shared)
         else:
             self.reset()
-        seed, self._seed = self._seed, _DEFAULT_SEED
-        pick = Sampler(temp, top_k, top_p, None if seed == _DEFAULT_SEED else seed)
-        feed = list(tokens[shared:])
+        feed = tokens[shared:]
         while len(self._past) + len(feed) <= self.n_ctx:
             self._feed(feed)
             token = pick(self._logits())
@@ -226,11 +254,18 @@ class CffiLlama:
 
     def reset(self) -> None:
         """Empty the cache: the next call runs its whole prompt."""
+        self._live()
         self._lib.llama_kv_cache_clear(self._ctx)
         self._past.clear()
 
+    def _live(self) -> None:
+        if self._ctx is None:
+            raise RuntimeError("this llama.cpp model was closed")
+
     def close(self) -> None:
+        """Free the context and the model; the object is unusable after (calls raise)."""
         if self._ctx is not None:
-            self._lib.llama_free(self._ctx)
-            self._lib.llama_model_free(self._model)
-            self._ctx = self._model = None
+            ctx, model = self._ctx, self._model
+            self._ctx = self._model = self._vocab = None
+            self._lib.llama_free(ctx)
+            self._lib.llama_model_free(model)

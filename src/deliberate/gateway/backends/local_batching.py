@@ -237,8 +237,7 @@ class _Batcher:
     def __init__(self, run: Callable[[list[_Job]], None], window_s: float, max_size: int, name: str) -> None:
         self._run, self._window, self._max = run, window_s, max_size
         self._pending: deque[_Job] = deque()
-        self._cv = threading.Condition()
-        self._closed = False
+        self._cv, self._closed = threading.Condition(), False
         self._thread = threading.Thread(target=self._loop, name=f"deliberate-local-{name}", daemon=True)
         self._thread.start()
 
@@ -265,10 +264,12 @@ class _Batcher:
             self._cv.notify()
         return job.future
 
-    def close(self) -> None:
-        with self._cv:
+    def close(self, wait_s: float = 0.0) -> None:
+        with self._cv:  # no more jobs; with wait_s, wait for those taken (the model is freed next)
             self._closed = True
             self._cv.notify()
+        if wait_s:
+            self._thread.join(wait_s)
 
     def _loop(self) -> None:
         while True:
@@ -282,10 +283,9 @@ class _Batcher:
                     self._cv.wait(left)
                 batch = [self._pending.popleft() for _ in range(min(self._max, len(self._pending)))]
             batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if not batch:
-                continue
             try:
-                self._run(batch)
+                if batch:
+                    self._run(batch)
             except BaseException as exc:  # every caller must hear about it
                 err = exc if isinstance(exc, DeliberateError) else _generation_error(exc)
                 for job in batch:
