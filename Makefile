@@ -109,7 +109,8 @@ llamacpp: $(STAMP)
 	  $(BIN)/pip install -q --require-hashes --no-deps -r requirements/llamacpp.lock
 
 # bench/local.py: the backend vs raw transformers, batching, loads, the demo's flow, and the same
-# GGUF through llama.cpp side by side (make llamacpp first for that side).
+# GGUF through llama.cpp side by side (the llama-cpp-cffi library make install puts in, or
+# llama-cpp-python after make llamacpp).
 bench-local: $(STAMP)
 	$(BIN)/python bench/local.py $(BENCH_ARGS)
 
