@@ -43,42 +43,48 @@ def _mapped_bytes() -> int:
     return 0
 
 
-def _in_child(fn: Any, *args: Any) -> tuple[str, Any, float, int]:
-    """Run ``fn(*args)`` in a forked child under an address-space limit and an alarm. Returns
-    (kind, value, seconds, peak RSS in MB): kind "ok" (value: the result's length), "limit" or
-    "problem" (value: the message), "error" (value: repr of the exception), or "killed"."""
+def _forked(work: Any, memory: int, alarm_s: int) -> tuple[Any, float, int, int]:
+    """``work()`` in a forked child allowed ``memory`` bytes more than the parent maps (a heavy
+    parent, torch imported by earlier tests, already maps gigabytes) and an alarm: (its result,
+    or None when the child died without one; seconds; peak RSS in MB; the wait status)."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns to pytest
         os.close(read)
         try:
-            # A heavy parent (torch imported by earlier tests) already maps gigabytes; the limit
-            # is what the render may add on top of that.
-            _limit(_mapped_bytes() + RENDER_MEMORY)()
-            signal.alarm(int(HANG_GUARD_S) * 2)
+            _limit(_mapped_bytes() + memory)()
+            signal.alarm(alarm_s)
             t0 = time.perf_counter()
-            try:
-                out = fn(*args)
-                result: tuple[str, Any] = ("ok", len(out) if hasattr(out, "__len__") else out)
-            except TemplateLimit as exc:
-                result = ("limit", exc.message)
-            except TemplateProblem as exc:
-                result = ("problem", exc.message)
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                result = ("error", repr(exc)[:300])
-            took = time.perf_counter() - t0
+            result = work()
             with os.fdopen(write, "wb") as f:
-                pickle.dump((*result, took), f)
+                pickle.dump((result, time.perf_counter() - t0), f)
         finally:
             os._exit(0)
     os.close(write)
     with os.fdopen(read, "rb") as f:
         data = f.read()
-    _, _status, usage = os.wait4(pid, 0)
-    if not data:
-        return "killed", None, 0.0, usage.ru_maxrss // 1024
-    kind, value, took = pickle.loads(data)
-    return kind, value, took, usage.ru_maxrss // 1024
+    _, status, usage = os.wait4(pid, 0)
+    result, took = pickle.loads(data) if data else (None, 0.0)
+    return result, took, usage.ru_maxrss // 1024, status
+
+
+def _in_child(fn: Any, *args: Any) -> tuple[str, Any, float, int]:
+    """Run ``fn(*args)`` under RENDER_MEMORY (see :func:`_forked`). Returns (kind, value,
+    seconds, peak RSS in MB): kind "ok" (value: the result's length), "limit" or "problem"
+    (value: the message), "error" (value: repr of the exception), or "killed"."""
+    def work() -> tuple[str, Any]:
+        try:
+            out = fn(*args)
+            return "ok", len(out) if hasattr(out, "__len__") else out
+        except TemplateLimit as exc:
+            return "limit", exc.message
+        except TemplateProblem as exc:
+            return "problem", exc.message
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            return "error", repr(exc)[:300]
+
+    result, took, rss, _status = _forked(work, RENDER_MEMORY, int(HANG_GUARD_S) * 2)
+    return (*result, took, rss) if result else ("killed", None, 0.0, rss)
 
 
 # -- render() directly ----------------------------------------------------------------------------
@@ -237,33 +243,20 @@ def test_what_depends_on_values_is_left_to_run_time(source: str) -> None:
 # -- the real CLI ---------------------------------------------------------------------------------
 
 def _cli(*args: str) -> tuple[int, str, float, int]:
-    """The real CLI (``helpers.inproc.run_cli``: the entry point ``python -m deliberate`` runs) in
-    a forked child under CLI_MEMORY more than the parent maps and an alarm: (exit code, stderr,
-    seconds, peak RSS in MB). A fork, not a new interpreter: it starts with deliberate imported,
-    a CPU-second cheaper per case, and is as contained."""
+    """The real CLI (``helpers.inproc.run_cli``: the entry point ``python -m deliberate`` runs)
+    under CLI_MEMORY (see :func:`_forked`): (exit code, stderr, seconds, peak RSS in MB). A fork,
+    not a new interpreter: it starts with deliberate imported, a CPU-second cheaper per case, and
+    is as contained."""
     from helpers.inproc import run_cli
 
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns to pytest
-        os.close(read)
-        try:
-            _limit(_mapped_bytes() + CLI_MEMORY)()
-            signal.alarm(int(HANG_GUARD_S) * 3)
-            t0 = time.perf_counter()
-            done = run_cli(*args)
-            with os.fdopen(write, "wb") as f:
-                pickle.dump((done.returncode, done.stderr, time.perf_counter() - t0), f)
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as f:
-        data = f.read()
-    _, status, usage = os.wait4(pid, 0)
-    if not data:  # killed (the alarm, or the memory limit where Python could not even raise)
-        return -1, f"the child ended with status {status} and said nothing", 0.0, usage.ru_maxrss // 1024
-    code, err, took = pickle.loads(data)
-    return code, err, took, usage.ru_maxrss // 1024
+    def work() -> tuple[int, str]:
+        done = run_cli(*args)
+        return done.returncode, done.stderr
+
+    result, took, rss, status = _forked(work, CLI_MEMORY, int(HANG_GUARD_S) * 3)
+    if result is None:  # killed (the alarm, or the memory limit where Python could not even raise)
+        return -1, f"the child ended with status {status} and said nothing", 0.0, rss
+    return (*result, took, rss)
 
 
 def _flow(path: Path, prompt: str) -> str:

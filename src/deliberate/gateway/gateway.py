@@ -262,9 +262,6 @@ class Gateway:
         return ContextWindowLayer(model)
 
 
-__all__ = ["Gateway", "estimate_tokens", "load_backend"]
-
-
 def _weak(method: Callable[..., Any]) -> Callable[..., Any]:
     """``method`` without a strong reference to its object. What the gateway hands the layers
     and breakers it keeps calls back into it; a strong reference would be a reference cycle, and
@@ -278,3 +275,7 @@ def _weak(method: Callable[..., Any]) -> Callable[..., Any]:
         return None if bound is None else bound(*args)
 
     return call
+
+
+__all__ = ["Gateway", "estimate_tokens", "load_backend"]
+

@@ -15,9 +15,8 @@ def estimate_tokens(text: str) -> int:
 
 
 def prompt_tokens(call: BackendCall) -> int:
-    """The estimate of a call's prompt, every message counted (as if joined by newlines)."""
-    messages = call.messages
-    return max(1, (sum(len(m.content) for m in messages) + len(messages) - 1) // 4)
+    """The estimate of a call's prompt, every message counted."""
+    return estimate_tokens("\n".join(m.content for m in call.messages))
 
 
 def result_of(reply: Reply, call: BackendCall, model_key: str | None = None) -> GenerationResult:

@@ -41,7 +41,7 @@ class Breaker:
         # pybreaker's breaker and its state object refer to each other (a reference cycle, freed
         # only by the garbage collector): made on the first failure, not for every endpoint of
         # every run. A gateway whose calls all succeed is then freed by reference counting,
-        # which keeps the collector out of runs (bench/overhead.py: fan-out 62 -> 47 us a step
+        # which keeps the collector out of runs (bench/overhead.py: fan-out 62 -> 51 us a step
         # beside LangGraph's garbage)
         self._cb: pybreaker.CircuitBreaker | None = None
 
