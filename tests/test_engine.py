@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from deliberate_scripted import ScriptedBackend
 from deliberate import RunOptions
 from deliberate._api import run_flow_async
 from deliberate.config import Settings
-from deliberate.errors import FlowError
+from deliberate.errors import FlowError, InputError
 from deliberate.flows import load_flow_text
 from deliberate.gateway import Budget, Gateway
 from deliberate.registry import Limits, ModelSpec, Registry, StrategySpec
@@ -340,3 +341,20 @@ def test_flow_with_unknown_reference_is_refused_before_any_call() -> None:
     with pytest.raises(FlowError) as exc:
         load_flow_text("name: x\nsteps:\n  a: {prompt: '{{ creater }}'}\n  creator: {prompt: hi}\n", "x.yaml")
     assert "did you mean 'creator'" in exc.value.line()
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    (RunOptions(temperature=2.5), "temperature 2.5 is not a number from 0 to 2"),
+    (RunOptions(temperature="hot"), "temperature 'hot'"),  # type: ignore[arg-type]
+    (RunOptions(seed=1.5), "seed 1.5 is not an integer"),  # type: ignore[arg-type]
+    (RunOptions(rounds=0), "rounds 0"),
+    (RunOptions(max_cost=-1), "max_cost -1"),
+])
+async def test_run_options_a_model_call_could_not_take_are_refused_before_the_run(
+        options: RunOptions, says: str, tmp_path: Path) -> None:
+    """The engine builds its requests from the options without validating each again: the run
+    service checks them first, and nothing is called or recorded."""
+    backend = ScriptedBackend()
+    with pytest.raises(InputError, match=re.escape(says)):
+        await run(FANOUT, backend, {"prompt": "q"}, options=options, runs=tmp_path / "runs")
+    assert backend.calls == [] and not (tmp_path / "runs").exists()

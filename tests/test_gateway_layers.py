@@ -21,6 +21,7 @@ from deliberate.gateway.contracts import (
     CallContext,
     Constraints,
     GatewayEvent,
+    GenerationRequest,
     Message,
     Reply,
     Sampling,
@@ -623,3 +624,19 @@ def test_a_slow_answer_times_out_as_a_transient_error_and_the_shorter_limit_wins
 
 async def test_without_any_timeout_the_call_passes_through() -> None:
     assert (await TimeoutLayer(Inner(Reply(text="in time")), None).generate(make_call())).text == "in time"
+
+
+def test_checked_requests_and_messages_are_the_validated_ones() -> None:
+    """The engine builds requests without validation (``checked``): each is equal to, dumps and
+    copies like the one pydantic validates from the same values."""
+    msgs = [Message.checked("system", "be brief"), Message.checked("user", "q")]
+    assert msgs == [Message(role="system", content="be brief"), Message(role="user", content="q")]
+    fields: dict[str, Any] = {"model_key": "m", "strategy": None, "max_tokens": 64, "temperature": 0.5,
+                              "seed": 7, "context": {"step": "a", "branch": None}}
+    checked = GenerationRequest.checked(msgs, **fields)
+    validated = GenerationRequest(messages=msgs, **fields)
+    assert checked == validated
+    assert checked.model_dump() == validated.model_dump()
+    assert checked.model_dump_json() == validated.model_dump_json()
+    assert checked.model_copy(update={"seed": 8}).seed == 8 and checked.seed == 7
+    assert checked.prompt == "q"

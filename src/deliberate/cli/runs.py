@@ -115,7 +115,7 @@ def diff_runs(a: str = typer.Argument(..., help="Run id, id prefix or record pat
     rows = compare(ra, rb)
     if json_out:
         print_json({"a": ra.run_id, "b": rb.run_id, "same_output": ra.output == rb.output, "steps": rows,
-                    "totals": {"a": ra.totals.model_dump(), "b": rb.totals.model_dump()}})
+                    "totals": {"a": ra.totals.to_dict(), "b": rb.totals.to_dict()}})
         return
     table = Table(title=f"{markup(ra.run_id)} ({markup(ra.flow_name)}) vs {markup(rb.run_id)} ({markup(rb.flow_name)})")
     for col in ("step", "output", "status", "models", "tokens", "cost"):

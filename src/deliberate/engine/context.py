@@ -193,8 +193,8 @@ class RunContext:
             seed += branch  # same prompt, different branch: different samples (self-consistency)
         temperature = opts.temperature if opts.temperature is not None else (
             step.temperature if step.temperature is not None else d.temperature)
-        return GenerationRequest(
-            messages=messages, model_key=model,
+        return GenerationRequest.checked(
+            messages, model_key=model,
             strategy=opts.strategy or step.strategy or d.strategy,
             max_tokens=step.max_tokens or d.max_tokens, temperature=temperature, seed=seed,
             context={"flow": self.flow.name, "step": name, "run_id": self.run_id, "round": self.round,

@@ -124,7 +124,10 @@ class _Run:
                          ctx.values, code, below)
 
     def finish(self, status: str, error: str | None, etype: str | None, t0: float) -> str | None:
-        self.totals = Totals(**self.ctx.counts, wall_s=time.perf_counter() - t0)
+        c = self.ctx.counts
+        self.totals = Totals(steps=int(c["steps"]), calls=int(c["calls"]), prompt_tokens=int(c["prompt_tokens"]),
+                             completion_tokens=int(c["completion_tokens"]), cost_usd=c["cost_usd"],
+                             wall_s=time.perf_counter() - t0)
         out = None
         if status == "succeeded":
             out = as_text(self.ctx.values.get(self.loaded.output, ""))

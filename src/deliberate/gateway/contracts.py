@@ -20,7 +20,7 @@ import abc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,11 +31,33 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_M = TypeVar("_M", bound=BaseModel)
+_new, _set = object.__new__, object.__setattr__
+
+
+def _checked(cls: type[_M], values: dict[str, Any]) -> _M:
+    """An instance of ``cls`` holding ``values`` (every field, each already valid), without
+    pydantic's validation: what ``model_construct`` builds, at a seventh of its cost and half of
+    validating (a request 2.1 -> 1.1 us, a message 0.85 -> 0.6 us; together 3% of a fan-out step
+    in bench/overhead.py). Only for values the caller has checked itself."""
+    obj = _new(cls)
+    _set(obj, "__dict__", values)
+    _set(obj, "__pydantic_fields_set__", set(values))
+    _set(obj, "__pydantic_extra__", None)
+    _set(obj, "__pydantic_private__", None)
+    return obj
+
+
 class Message(_Model):
     """One chat message."""
 
     role: Literal["system", "user", "assistant"]
     content: str
+
+    @classmethod
+    def checked(cls, role: Literal["system", "user", "assistant"], content: str) -> Message:
+        """A message the caller has checked (a role from its own code, a rendered ``str``)."""
+        return _checked(cls, {"role": role, "content": content})
 
 
 class Constraints(_Model):
@@ -46,6 +68,9 @@ class Constraints(_Model):
     max_vram_gb: float | None = None
     latency_budget_s: float | None = None
     max_cost_usd: float | None = None
+
+
+_NO_CONSTRAINTS = Constraints()
 
 
 class GenerationRequest(_Model):
@@ -66,6 +91,16 @@ class GenerationRequest(_Model):
         msgs = [Message(role="system", content=system)] if system else []
         msgs.append(Message(role="user", content=prompt))
         return cls(messages=msgs, **kw)
+
+    @classmethod
+    def checked(cls, messages: list[Message], *, model_key: str | None, strategy: str | None,
+                max_tokens: int | None, temperature: float | None, seed: int | None,
+                context: dict[str, Any]) -> GenerationRequest:
+        """A request from values the caller has checked against this model's rules (the engine:
+        each comes from a validated flow or validated run options)."""
+        return _checked(cls, {"messages": messages, "model_key": model_key, "strategy": strategy,
+                              "max_tokens": max_tokens, "temperature": temperature, "seed": seed,
+                              "task_type": None, "context": context, "constraints": _NO_CONSTRAINTS})
 
     @property
     def prompt(self) -> str:

@@ -268,7 +268,7 @@ class Recorder:
         # calls of this run are CallInfo objects; a resumed record's earlier ones are dicts
         calls = [c if isinstance(c, dict) else {f: getattr(c, f) for f in _TOTALLED}
                  for s in steps for c in s["calls"]]
-        totals = event.totals.model_dump()
+        totals = event.totals.to_dict()
         totals.update(
             steps=sum(1 for s in steps if s["status"] in ("succeeded", "reused")),
             calls=sum(1 for c in calls if not c["cache_hit"]),

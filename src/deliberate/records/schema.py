@@ -156,7 +156,7 @@ class RunRecord(_Model):
             "run_id": self.run_id, "status": self.status, "flow": self.flow_name,
             "parent_run_id": self.parent_run_id, "created_at": self.created_at,
             "finished_at": self.finished_at, "output_step": self.output_step,
-            "error": self.error, "error_type": self.error_type, "totals": self.totals.model_dump(),
+            "error": self.error, "error_type": self.error_type, "totals": self.totals.to_dict(),
             "below_threshold": self.judges_below_threshold(),
             "steps": steps,
         }

@@ -46,7 +46,7 @@ def live_doc(live: LiveRun) -> dict[str, Any]:
     fin = live.finished_event()
     if fin is not None:
         doc.update(output=fin.output, error=fin.error and safe_message(fin.error), error_type=fin.error_type,
-                   totals=fin.totals.model_dump())
+                   totals=fin.totals.to_dict())
     return doc
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ...errors import ValidationError
 from ...flows.spec import GenerateStep, for_each_expression
 from ...flows.templates import render
 from ...gateway.contracts import Message
+from ..branches import run_branches
 from ..context import RunContext, jsonable
 from ..events import StepStarted
 from ..values import BranchText
@@ -33,15 +33,7 @@ async def run(ctx: RunContext, name: str, step: GenerateStep) -> Any:
         result = await ctx.call(name, req, branch=i, item=item)
         return BranchText(result.text, item, i, result.model_resolved)
 
-    tasks = [asyncio.create_task(branch(i, it)) for i, it in enumerate(items)]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        # one branch failed (or we were cancelled): stop the others before they spend more
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    return await run_branches([branch(i, it) for i, it in enumerate(items)])
 
 
 def prompt_messages(ctx: RunContext, step: GenerateStep, extra: dict[str, Any] | None = None) -> list[Message]:
@@ -49,8 +41,8 @@ def prompt_messages(ctx: RunContext, step: GenerateStep, extra: dict[str, Any] |
     scope = ctx.scope(extra)
     msgs = []
     if step.system:
-        msgs.append(Message(role="system", content=render(step.system, scope)))
-    msgs.append(Message(role="user", content=render(step.prompt or "", scope)))
+        msgs.append(Message.checked("system", render(step.system, scope)))
+    msgs.append(Message.checked("user", render(step.prompt or "", scope)))
     return msgs
 
 

@@ -1,0 +1,99 @@
+"""engine.branches.run_branches: a fan-out's branches run together, in order, and the first
+failure stops the rest at once."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+
+from deliberate.engine.branches import run_branches
+
+
+async def test_branches_run_together_and_answer_in_order() -> None:
+    started: list[int] = []
+    go = asyncio.Event()
+
+    async def branch(i: int) -> int:
+        started.append(i)
+        await go.wait()  # none finishes before all have started: they run concurrently
+        await asyncio.sleep(0.01 * (3 - i))  # finish in reverse order
+        return i * 10
+
+    async def release() -> None:
+        while len(started) < 3:
+            await asyncio.sleep(0)
+        go.set()
+
+    results, _ = await asyncio.gather(run_branches([branch(i) for i in range(3)]), release())
+    assert results == [0, 10, 20]
+    assert sorted(started) == [0, 1, 2]
+
+
+async def test_a_failing_branch_stops_the_one_awaited_first_and_its_error_is_raised() -> None:
+    """Branch 0 (the one the caller awaits first) would wait forever; branch 2 fails. The failure
+    comes out at once, as itself with its own cause, and branches 0 and 1 were cancelled."""
+    cancelled: list[int] = []
+
+    async def forever(i: int) -> int:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(i)
+            raise
+        return i
+
+    async def fails() -> int:
+        await asyncio.sleep(0)
+        try:
+            raise KeyError("root")
+        except KeyError as exc:
+            raise ValueError("branch 2 broke") from exc
+
+    with pytest.raises(ValueError, match="branch 2 broke") as info:
+        await asyncio.wait_for(run_branches([forever(0), forever(1), fails()]), timeout=5)
+    assert isinstance(info.value.__cause__, KeyError)
+    assert sorted(cancelled) == [0, 1]
+
+
+async def test_the_first_failure_wins_over_later_ones() -> None:
+    async def fails(delay: float, text: str) -> None:
+        await asyncio.sleep(delay)
+        raise RuntimeError(text)
+
+    with pytest.raises(RuntimeError, match="first"):
+        await run_branches([fails(0.05, "second"), fails(0.0, "first")])
+
+
+async def test_cancelling_the_caller_cancels_every_branch() -> None:
+    cancelled: list[int] = []
+
+    async def forever(i: int) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(i)
+            raise
+
+    task = asyncio.create_task(run_branches([forever(i) for i in range(3)]))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sorted(cancelled) == [0, 1, 2]
+
+
+async def test_branches_cancelled_before_they_start_are_closed() -> None:
+    """A coroutine never started and never closed warns "was never awaited" when collected:
+    each one the caller handed in ends closed."""
+    async def branch() -> None:
+        await asyncio.sleep(0)
+
+    coros = [branch() for _ in range(3)]
+    task = asyncio.create_task(run_branches(coros))
+    await asyncio.sleep(0)  # the caller has made the branch tasks; none has run yet
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [inspect.getcoroutinestate(c) for c in coros] == [inspect.CORO_CLOSED] * 3
