@@ -129,3 +129,60 @@ def test_the_recorder_reads_only_the_event_contract() -> None:
     ours = {m for m in imported if m.startswith(".")}
     assert ours == {"..config", "..engine.events", "..engine.values", ".schema", ".store", ".._version"}, ours
     assert not imported & {"logging", "sys", "rich", "typer", "click"}, imported
+
+
+async def test_a_recorder_read_on_another_thread_while_events_arrive_misses_none() -> None:
+    """A recorder with no file keeps events and projects them when read; the live view reads it
+    from its refresh thread while the loop keeps events. Read as fast as a thread can while every
+    event of a judged run arrives (many times over, in fresh recorders), each ends with the
+    record a recorder fed alone makes; an event that fails to project raises on the read that
+    meets it, and the events after it are still projected."""
+    import threading
+
+    from deliberate.engine.executor import Engine
+
+    events: list[Event] = []
+    reg = registry()
+    gw = Gateway(reg, settings=Settings(), backends={"scripted": ScriptedBackend(rules=RULES)})
+    await Engine(gw, [events.append], judge_backoff_s=0).run(load_flow_text(JUDGED, "t.yaml", reg),
+                                                             {"prompt": "q"})
+    alone = Recorder(None)
+    for event in events:
+        alone(event)
+    expected = json.loads(to_json(alone.data))
+
+    for _ in range(30):
+        rec, done = Recorder(None), threading.Event()
+
+        def read(rec: Recorder = rec, done: threading.Event = done) -> None:
+            while not done.is_set():
+                rec.data  # noqa: B018 (projects what has arrived)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            for event in events:
+                rec(event)
+        finally:
+            done.set()
+            reader.join()
+        assert json.loads(to_json(rec.data)) == expected
+
+    bad = events[1]
+
+    class Flaky(Recorder):
+        def _project(self, event: Event) -> None:
+            if event is bad:
+                raise RuntimeError("cannot project this one")
+            super()._project(event)
+
+    flaky = Flaky(None)
+    for event in events:
+        flaky(event)
+    with pytest.raises(RuntimeError, match="cannot project this one"):
+        flaky.data  # noqa: B018
+    without_bad = Recorder(None)
+    for event in events:
+        if event is not bad:
+            without_bad(event)
+    assert json.loads(to_json(flaky.data)) == json.loads(to_json(without_bad.data))

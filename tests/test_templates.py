@@ -128,3 +128,17 @@ def test_shipped_flows_render_as_stock_jinja_does(path: Path) -> None:
             assert render(source, context) == REFERENCE.from_string(source).render(context)
             rendered += 1
     assert rendered >= 2
+
+
+def test_compiled_templates_see_the_sandbox_globals_in_one_dict() -> None:
+    """Each compiled template and expression holds the sandbox's globals in one plain dict (a
+    render copies them), the same names and objects as the environment's."""
+    from deliberate.flows.sandbox.environment import ENV
+    from deliberate.flows.templates import compiled_expression
+
+    for template in (compiled("{% for i in range(2) %}{{ i }}{% endfor %}"),
+                     compiled_expression("range(2) | list")._template):
+        assert type(template.globals) is dict
+        assert template.globals == dict(ENV.globals)
+    assert render("{{ range(2) | list }} {{ dict(a=1) }} {% set ns = namespace(n=1) %}{{ ns.n }}", {}) == \
+        "[0, 1] {'a': 1} 1"

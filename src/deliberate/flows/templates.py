@@ -84,7 +84,16 @@ def compiled(source: str) -> Any:
     and ``parse``'s tree is shared.)"""
     parse(source)  # syntax errors with a clear message
     tree = _Guard(ENV).visit(ENV.parse(source))
-    return ENV.from_string(tree)
+    return _flat(ENV.from_string(tree))
+
+
+def _flat(template: Any) -> Any:
+    """``template`` with its globals in one dict. Jinja layers a template's globals over the
+    environment's in a ``ChainMap``, which every render copies key by key in Python; the sandbox's
+    globals are fixed when it is made, so one dict holds the same (a fan-out's merge template:
+    8.9 -> 5.1 us a render; every ``when`` and ``until`` as much)."""
+    template.globals = dict(template.globals)
+    return template
 
 
 @lru_cache(maxsize=1024)
@@ -100,7 +109,7 @@ def compiled_expression(expr: str) -> Any:
         raise TemplateProblem("expression syntax error: chunk after expression")
     node.set_environment(ENV)
     tree = nodes.Template([nodes.Assign(nodes.Name("result", "store"), node, lineno=1)], lineno=1)
-    return TemplateExpression(ENV.from_string(_Guard(ENV).visit(tree)), undefined_to_none=False)
+    return TemplateExpression(_flat(ENV.from_string(_Guard(ENV).visit(tree))), undefined_to_none=False)
 
 
 @lru_cache(maxsize=1024)
