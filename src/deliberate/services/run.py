@@ -16,6 +16,7 @@ from ..flows.loader import LoadedFlow, load_flow
 from ..flows.spec import Flow
 from ..gateway.gateway import Gateway
 from ..gateway.layers import Budget, ResponseCache
+from ..logs import EventLog
 from ..records.recorder import Recorder
 from ..records.schema import RunRecord
 from ..records.store import is_run_id, recent_history
@@ -222,8 +223,6 @@ async def run(request: RunRequest, env: Services | None = None) -> RunOutcome:
     runs = request.output.runs_dir if request.output.runs_dir is not None else settings.runs_dir
     recorder = Recorder(runs if request.output.record else None, base=lineage.base, parent=lineage.parent,
                         durable=settings.record_fsync)
-    from ..logs import EventLog
-
     event_log = [EventLog()] if EventLog.wanted() else []  # checked once a run, not once an event
     engine = Engine(gateway, [recorder, *event_log, *env.subscribers],
                     history=lambda f, n: recent_history(runs, f, n), judge_backoff_s=settings.judge_backoff_s)
