@@ -58,12 +58,69 @@ async def test_a_failing_branch_stops_the_one_awaited_first_and_its_error_is_rai
 
 
 async def test_the_first_failure_wins_over_later_ones() -> None:
-    async def fails(delay: float, text: str) -> None:
-        await asyncio.sleep(delay)
-        raise RuntimeError(text)
+    """Branch 0 fails first; branch 1, cancelled by it, fails too while it stops: branch 0's
+    error is the one raised."""
+    async def fails_first() -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("first")
+
+    async def fails_while_stopping() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("second") from None
 
     with pytest.raises(RuntimeError, match="first"):
-        await run_branches([fails(0.05, "second"), fails(0.0, "first")])
+        await run_branches([fails_while_stopping(), fails_first()])
+
+
+async def test_a_failure_is_a_failure_after_the_caller_handled_a_cancel_of_its_own() -> None:
+    """A caller that caught an earlier cancel (without ``uncancel``) still gets a branch's error,
+    not a cancellation (which the engine would report as the user's interrupt)."""
+    async def fails() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("the branch broke")
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    async def caller() -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        me.cancel()
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            pass  # handled; me.cancelling() stays 1
+        await run_branches([forever(), fails()])
+
+    with pytest.raises(ValueError, match="the branch broke"):
+        await asyncio.wait_for(caller(), timeout=5)
+
+
+async def test_a_cancel_the_awaited_branch_swallows_still_cancels_the_caller() -> None:
+    cancelled: list[str] = []
+
+    async def swallows() -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return "swallowed"
+        return "unreachable"
+
+    async def forever() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append("forever")
+            raise
+
+    task = asyncio.create_task(run_branches([swallows(), forever()]))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=5)
+    assert cancelled == ["forever"]
 
 
 async def test_cancelling_the_caller_cancels_every_branch() -> None:

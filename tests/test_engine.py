@@ -358,3 +358,27 @@ async def test_run_options_a_model_call_could_not_take_are_refused_before_the_ru
     with pytest.raises(InputError, match=re.escape(says)):
         await run(FANOUT, backend, {"prompt": "q"}, options=options, runs=tmp_path / "runs")
     assert backend.calls == [] and not (tmp_path / "runs").exists()
+
+
+def test_run_options_take_any_real_number_as_the_type_a_call_takes() -> None:
+    """A whole temperature is the float a flow's ``temperature: 0`` gives (same cache key), a
+    numpy number the Python one; options already right are returned as they are."""
+    import numpy as np
+
+    opts = RunOptions(temperature=0, seed=np.int64(3), rounds=np.int64(2), max_cost=np.float32(1.5)).checked()
+    assert (opts.temperature, opts.seed, opts.rounds, opts.max_cost) == (0.0, 3, 2, 1.5)
+    assert [type(v) for v in (opts.temperature, opts.seed, opts.rounds, opts.max_cost)] == [float, int, int, float]
+    ready = RunOptions(temperature=0.5, seed=1)
+    assert ready.checked() is ready
+
+
+async def test_the_engine_itself_refuses_options_no_call_could_take() -> None:
+    """``Engine.run`` (the library's lower door) checks the options too, before any call."""
+    from deliberate.engine.executor import Engine
+
+    backend = ScriptedBackend()
+    reg = registry()
+    gw = Gateway(reg, settings=Settings(), backends={"scripted": backend})
+    with pytest.raises(InputError, match="temperature 5"):
+        await Engine(gw).run(load_flow_text(FANOUT, "t.yaml", reg), {"prompt": "q"}, RunOptions(temperature=5))
+    assert backend.calls == []

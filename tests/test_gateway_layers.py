@@ -638,5 +638,8 @@ def test_checked_requests_and_messages_are_the_validated_ones() -> None:
     assert checked == validated
     assert checked.model_dump() == validated.model_dump()
     assert checked.model_dump_json() == validated.model_dump_json()
+    assert checked.model_fields_set == validated.model_fields_set
+    assert checked.model_dump(exclude_unset=True) == validated.model_dump(exclude_unset=True)
+    assert repr(checked) == repr(validated)
     assert checked.model_copy(update={"seed": 8}).seed == 8 and checked.seed == 7
     assert checked.prompt == "q"

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import cli
 from deliberate.records.store import load
 
@@ -212,3 +214,19 @@ def test_replay_from_keeps_reused_votes_and_judge_scores(scripted, isolated) -> 
     assert child["steps"]["pick"]["vote"]["counts"] == {"paris": 3}
     assert [j["score"] for j in child["steps"]["gate"]["judge"]] == [8]
     assert child["steps"]["final"]["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(("options", "field"), [({"temperature": 3}, "temperature"), ({"rounds": 0}, "rounds"),
+                                                ({"max_cost": -1}, "max_cost")])
+def test_recorded_options_no_run_could_take_are_a_record_error(options: dict[str, Any], field: str) -> None:
+    """A record is untrusted input: options a run would refuse are the record's fault, said as
+    such, before a replay or a resume starts."""
+    from types import SimpleNamespace
+
+    from deliberate.errors import RecordError
+    from deliberate.records.replay import recorded_options
+
+    record = SimpleNamespace(run_id="01J9Z3QK8M7T2V4X6Y8Z0A1B2C", options=options)
+    with pytest.raises(RecordError, match=f"options.{field}"):
+        recorded_options(record)  # type: ignore[arg-type]
+    assert recorded_options(SimpleNamespace(run_id="r", options={"temperature": 2}))["temperature"] == 2  # type: ignore[arg-type]

@@ -36,9 +36,20 @@ async def run_branches(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
                         t.cancel()
             raise
 
+    current = asyncio.current_task()
+    base = current.cancelling() if current is not None else 0  # cancels the caller had before
+
+    def caller_cancelled() -> bool:
+        return current is not None and current.cancelling() > base
+
     tasks.extend(asyncio.create_task(branch(c)) for c in coros)
+    results: list[T] = []
     try:
-        return [await t for t in tasks]
+        for t in tasks:
+            results.append(await t)
+            if caller_cancelled():  # the branch awaited took the caller's cancel and returned anyway
+                raise asyncio.CancelledError
+        return results
     except BaseException as exc:
         caught = exc  # raised below, outside this block: the error keeps its own cause and context
     for t in tasks:
@@ -46,7 +57,6 @@ async def run_branches(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
     await asyncio.gather(*tasks, return_exceptions=True)
     for c in coros:
         c.close()  # a branch cancelled before it started never ran its coroutine: closed, no warning
-    current = asyncio.current_task()
-    if failed and not (current is not None and current.cancelling()):
+    if failed and not caller_cancelled():
         raise failed[0]  # a sibling's failure cancelled the branch the caller was waiting on
     raise caught

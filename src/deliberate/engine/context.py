@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import numbers
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from ..errors import BudgetExceeded, DeliberateError
+from ..errors import BudgetExceeded, DeliberateError, InputError
 from ..flows.loader import LoadedFlow
 from ..flows.spec import ModelStep
 from ..flows.templates import evaluate, render
@@ -58,11 +59,38 @@ class RunOptions:
         return {"models": dict(self.models), "strategy": self.strategy, "rounds": self.rounds,
                 "seed": self.seed, "max_cost": self.max_cost, "temperature": self.temperature}
 
+    def checked(self) -> RunOptions:
+        """These options, each number as the type a model call takes (a whole temperature a
+        float, a numpy integer seed an int); :class:`InputError` names the first value no call
+        could take. The engine builds its requests from them without validating each again
+        (``GenerationRequest.checked``): every run starts here."""
+        t, seed, rounds, cost = self.temperature, self.seed, self.rounds, self.max_cost
+        if t is not None and not (_real(t) and 0 <= t <= 2):
+            raise InputError(f"temperature {t!r} is not a number from 0 to 2")
+        if seed is not None and not _whole(seed):
+            raise InputError(f"seed {seed!r} is not an integer")
+        if rounds is not None and not (_whole(rounds) and rounds >= 1):
+            raise InputError(f"rounds {rounds!r} is not a whole number of at least 1")
+        if cost is not None and not (_real(cost) and cost >= 0):
+            raise InputError(f"max_cost {cost!r} is not an amount of US dollars (0 or more)")
+        if all(v is None or type(v) is kind for v, kind in ((t, float), (seed, int), (rounds, int), (cost, float))):
+            return self  # the common case, at no cost
+        return replace(self, temperature=None if t is None else float(t), seed=None if seed is None else int(seed),
+                       rounds=None if rounds is None else int(rounds), max_cost=None if cost is None else float(cost))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunOptions:
         """The inverse of :meth:`to_dict` (replay and resume)."""
         return cls(**{k: d.get(k) for k in ("strategy", "rounds", "seed", "max_cost", "temperature")},
                    models=dict(d.get("models") or {}))
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class EngineParts(Protocol):

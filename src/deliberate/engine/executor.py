@@ -70,7 +70,7 @@ class Engine:
                   parent_run_id: str | None = None) -> RunResult:
         """Run a flow. ``preset`` maps step -> recorded JSON value: those steps are reused, not
         called (resume and replay --from)."""
-        ctx = RunContext(self, loaded, inputs, options or RunOptions(), run_id or str(ULID()))
+        ctx = RunContext(self, loaded, inputs, (options or RunOptions()).checked(), run_id or str(ULID()))
         return await _Run(ctx, preset or {}, parent_run_id).execute()
 
 

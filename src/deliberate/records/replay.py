@@ -51,7 +51,7 @@ class _Options(BaseModel):
     rounds: int | None = Field(None, ge=1, le=20)
     seed: int | None = None
     max_cost: float | None = Field(None, ge=0, allow_inf_nan=False)
-    temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
 
 
 def recorded_options(record: RunRecord) -> dict[str, Any]:

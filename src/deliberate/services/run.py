@@ -4,7 +4,7 @@ subscribes. The CLI, and next the HTTP and MCP servers, eval and flow tests, are
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -157,22 +157,6 @@ def check_input_size(values: dict[str, Any], registry: Registry) -> None:
                 hint="pass a smaller input, or add a model with a larger context_window to models.yaml")
 
 
-def check_options(options: RunOptions) -> None:
-    """The run options hold values a model call may take: the engine builds its requests from
-    them without validating each again (see ``GenerationRequest.checked``)."""
-    t, seed = options.temperature, options.seed
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 2):
-        raise InputError(f"temperature {t!r} is not a number from 0 to 2")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise InputError(f"seed {seed!r} is not an integer")
-    if options.rounds is not None and (isinstance(options.rounds, bool) or not isinstance(options.rounds, int)
-                                       or options.rounds < 1):
-        raise InputError(f"rounds {options.rounds!r} is not a whole number of at least 1")
-    cost = options.max_cost
-    if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or not cost >= 0):
-        raise InputError(f"max_cost {cost!r} is not an amount of US dollars (0 or more)")
-
-
 def check_models(loaded: LoadedFlow, options: RunOptions, registry: Registry) -> None:
     """Every model and strategy the options name exists, and none the flow names on its face comes
     from config that is not trusted with keys (refused here, before the record)."""
@@ -211,8 +195,9 @@ async def run(request: RunRequest, env: Services | None = None) -> RunOutcome:
     settings = env.settings or get_settings()
     registry = env.registry or (env.gateway.registry if env.gateway else Registry.load(settings))
     loaded = request.flow if isinstance(request.flow, LoadedFlow) else load_flow(request.flow, registry)
-    options, lineage = request.options, request.lineage
-    check_options(options)
+    options, lineage = request.options.checked(), request.lineage
+    if options is not request.options:
+        request = replace(request, options=options)
     check_models(loaded, options, registry)
     if lineage.run_id is not None and not is_run_id(lineage.run_id):
         raise InputError(f"run id {lineage.run_id!r} is not a run id (26 characters: a ULID as deliberate "
