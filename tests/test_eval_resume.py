@@ -156,6 +156,10 @@ def test_evals_list_show_diff(scripted, isolated: Path) -> None:
     b = json.loads(cli(*eval_args("--json")).stdout)["eval_id"]
     rows = json.loads(cli("evals", "list", "--json").stdout)
     assert [r["eval_id"] for r in rows] == [b, a] and rows[1]["flow_pass_rate"] == 0.5
+    for columns in (80, 140):  # each id whole, what show, diff and merge take, at any width
+        out = cli("evals", "list", env={"COLUMNS": str(columns)}).stdout
+        assert a in out and b in out and max(len(line) for line in out.splitlines()) <= columns
+        assert ("evals show, --json or a wider terminal" in out) is (columns < 120)
     r = cli("evals", "show", a[:20])
     assert r.returncode == 0 and "paired comparisons" in r.stdout and "single" in r.stdout
     assert json.loads(cli("evals", "show", a, "--json").stdout)["eval_id"] == a

@@ -122,6 +122,19 @@ def test_runs_list_and_replay_show_without_model_calls(scripted, isolated) -> No
     assert len(scripted.calls()) == before  # replay calls no model
 
 
+@pytest.mark.parametrize("columns", [80, 140])
+def test_runs_list_shows_each_run_id_whole_at_any_width(scripted, isolated, columns: int) -> None:
+    """The id is what show, replay and resume take: never cut, an 80-column terminal included
+    (which drops calls, tokens and wall time and says where they are)."""
+    rid = json.loads(cli("run", "adversarial", "x", "--json").stdout)["run_id"]
+    out = cli("runs", "list", env={"COLUMNS": str(columns)}).stdout
+    assert rid in out and "succeeded" in out
+    assert max(len(line) for line in out.splitlines()) <= columns
+    header = next(line for line in out.splitlines() if "run id" in line)
+    assert ("tokens" in header) is ("wall" in header) is (columns >= 110)
+    assert ("runs show, --json or a wider terminal" in out) is (columns < 110)
+
+
 @pytest.mark.parametrize("content,needle", [
     ('{"kind": "deliberate.run", "schema_version": 1, "run_id"', "truncated or corrupt"),
     ('{"hello": "world"}', "not a deliberate run record"),

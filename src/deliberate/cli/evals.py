@@ -166,16 +166,26 @@ def render(report: dict[str, Any]) -> None:
 
 
 def list_table(rows: list[dict[str, Any]]) -> None:
+    from rich import box
     from rich.table import Table
 
     if not rows:
         err_console().print("no evals yet under evals/ (run 'deliberate eval FLOW DATASET')")
         return
-    t = Table("id", "status", "flow", "dataset", "scorer", "arms", "done", "flow pass rate")
+    con = out_console()
+    wide = con.width >= 120  # room for every column; a narrower one keeps the id whole and drops three
+    t = Table(box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD,
+              caption=None if wide else "dataset, scorer, arms: evals show, --json or a wider terminal")
+    columns = ["id", "status", "flow"] + (["dataset", "scorer", "arms"] if wide else []) + ["done", "flow pass rate"]
+    for col in columns:
+        # the id whole whatever the width (what show, diff and merge take); the rest fold
+        t.add_column(col, overflow="fold", no_wrap=col == "id", min_width=26 if col == "id" else None)
     for r in rows:
-        t.add_row(r["eval_id"], r["status"], markup(r["flow"]), markup(r["dataset"]), markup(r["scorer"]),
-                  markup(", ".join(r["arms"])), f"{r['done']}/{r['items']}", _pct(r["flow_pass_rate"]))
-    out_console().print(t)
+        cells = [r["eval_id"], r["status"], markup(r["flow"])]
+        if wide:
+            cells += [markup(r["dataset"]), markup(r["scorer"]), markup(", ".join(r["arms"]))]
+        t.add_row(*cells, f"{r['done']}/{r['items']}", _pct(r["flow_pass_rate"]))
+    con.print(t)
 
 
 def diff_table(doc: dict[str, Any]) -> None:

@@ -29,11 +29,11 @@ def _runs_dir() -> Path:
     return get_settings().runs_dir
 
 
-def _when(ts: float) -> str:
+def _when(ts: float, seconds: bool = True) -> str:
     import datetime as dt
 
     try:
-        return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+        return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%m-%d %H:%M")
     except (OverflowError, ValueError, OSError):  # a time no clock shows (a hand-edited record)
         return "-"
 
@@ -55,6 +55,7 @@ def _runs_default(ctx: typer.Context) -> None:
 def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1),
               json_out: bool = typer.Option(False, "--json")) -> None:
     """Recent runs, newest first."""
+    from rich import box
     from rich.table import Table
 
     from ..records.store import list_records
@@ -66,14 +67,24 @@ def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1),
     if not recs:
         err_console().print(f"no runs in {markup(_runs_dir())}")
         return
-    table = Table(title=f"runs in {markup(_runs_dir())}")
-    for col in ("run id", "when", "flow", "status", "calls", "tokens", "cost", "wall"):
-        table.add_column(col)
+    con = out_console()
+    wide = con.width >= 110  # room for every column; a narrower one keeps the id whole and drops three
+    table = Table(title=f"runs in {markup(_runs_dir())}", box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD,
+                  caption=None if wide else "calls, tokens, wall time: runs show, --json or a wider terminal")
+    columns = ("run id", "when", "flow", "status") + (("calls", "cost", "tokens", "wall") if wide else ("cost",))
+    for col in columns:
+        # the id whole whatever the width (it is what replay, resume and show take); the rest fold
+        table.add_column(col, overflow="fold", no_wrap=col == "run id", min_width=26 if col == "run id" else None)
     for r in recs:
         t = r.totals
-        table.add_row(_cell(r.run_id), _when(r.created_at), _cell(r.flow_name), _cell(r.status), str(t.calls),
-                      str(t.prompt_tokens + t.completion_tokens), f"${t.cost_usd:.4f}", f"{t.wall_s:.1f}s")
-    out_console().print(table)
+        cells = [_cell(r.run_id), _when(r.created_at, seconds=wide), _cell(r.flow_name), _cell(r.status)]
+        if wide:
+            cells += [str(t.calls), f"${t.cost_usd:.4f}", str(t.prompt_tokens + t.completion_tokens),
+                      f"{t.wall_s:.1f}s"]
+        else:
+            cells.append(f"${t.cost_usd:.4f}")
+        table.add_row(*cells)
+    con.print(table)
 
 
 @runs_app.command("show")
