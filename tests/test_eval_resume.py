@@ -232,3 +232,13 @@ def test_items_run_concurrently_and_the_service_reports_progress(scripted, isola
     assert kinds.count("item") == 2 * N
     last = events[-1]
     assert (last.total, last.done) == (2 * N, 2 * N) and last.passed == {"flow": 3, "single": 2}
+
+
+def test_an_eval_without_a_baseline_says_it_cannot_answer_and_how_to(scripted, isolated: Path) -> None:
+    setup(isolated, scripted)
+    args = ["eval", "one.yaml", "data.jsonl", "--scorer", "exact", "--model", "smollm2-135m"]
+    doc = json.loads(cli(*args, "--json").stdout)
+    assert [a["arm"] for a in doc["arms"]] == ["flow"] and doc["comparisons"] == []
+    assert len(doc["verdict"]) == 1 and "--baseline single --baseline self_consistency" in doc["verdict"][0]
+    shown = cli("evals", "show", doc["eval_id"], env={"COLUMNS": "200"})
+    assert "no baseline to compare with" in shown.stdout

@@ -123,6 +123,9 @@ def judge_audit(rec: EvalRecord) -> dict[str, Any] | None:
 def verdicts(rows: list[dict[str, Any]], comps: list[dict[str, Any]]) -> list[str]:
     """Plain sentences: who won, by how much, and whether it means anything."""
     arms = {r["arm"]: r for r in rows}
+    if not comps and len(arms) == 1:
+        return ["no baseline to compare with, so this eval cannot say whether deliberating was worth "
+                "it: add --baseline single --baseline self_consistency (compute-matched)"]
     lines = []
     for c in comps:
         b = arms[c["baseline"]]
