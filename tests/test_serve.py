@@ -223,8 +223,12 @@ def test_errors_are_openai_errors(served: Served, scripted: Any) -> None:
     with pytest.raises(openai.NotFoundError) as nf:
         api.chat.completions.create(model="flow:nope", messages=[{"role": "user", "content": "x"}])
     assert nf.value.code == "model_not_found"
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.NotFoundError) as missing:
         api.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert "flow of that name" not in str(missing.value)
+    with pytest.raises(openai.NotFoundError) as bare:  # a flow's bare name: the error gives the model name
+        api.chat.completions.create(model="trio", messages=[{"role": "user", "content": "x"}])
+    assert "the flow of that name is flow:trio" in str(bare.value)
     with pytest.raises(openai.BadRequestError) as bad:
         api.chat.completions.create(model="flow:trio", messages=[{"role": "assistant", "content": "x"}])
     assert "no user message" in str(bad.value)

@@ -73,7 +73,8 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response:
         call, max_cost = flow_call(body, loaded)
     else:
         if body.model not in state.live.registry.models:
-            raise APIError(404, f"no model {body.model!r} (GET /v1/models lists them)", code="model_not_found")
+            flow = f"; the flow of that name is {FLOW_PREFIX}{body.model}" if body.model in available_flows() else ""
+            raise APIError(404, f"no model {body.model!r}{flow} (GET /v1/models lists them)", code="model_not_found")
         call, max_cost = model_call(body, body.model)
     started = await start(request, call, tokens=body.stream, max_cost=max_cost)
     headers = {RUN_HEADER: str(started.live.run_id)}

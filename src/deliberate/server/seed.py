@@ -60,7 +60,7 @@ async def inference(body: InferenceBody, request: Request) -> Response:
     """One prompt to one model (default: the registry's), recorded as a one-step run."""
     registry = state_of(request).live.registry
     if body.model is not None and body.model not in registry.models:
-        raise APIError(404, f"no model {body.model!r}", code="model_not_found")
+        raise APIError(404, f"no model {body.model!r} (GET /v1/models lists the model keys)", code="model_not_found")
     req = GenerateRequest(body.prompt, model=body.model, strategy=body.strategy, system=body.system,
                           max_tokens=body.max_tokens, seed=body.seed)
     started = await start(request, lambda env: generate(req, env))
