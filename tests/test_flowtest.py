@@ -307,3 +307,24 @@ def test_pytest_plugin_reports_a_failing_case(isolated: Path) -> None:
     assert r.returncode == 1, r.stdout
     assert "1 failed" in r.stdout
     assert "- expected: Another haiku" in r.stdout and "+ actual:   Final haiku" in r.stdout
+
+
+async def test_a_judged_case_waits_no_backoff_whatever_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scripted replies come at once: a judge asking its target again does not wait its backoff
+    (0.5 s by default) in a flow test, even where the setting asks for one."""
+    from deliberate.config import Settings
+    from deliberate.engine.steps import judge
+    from deliberate.testing.api import run_tests
+
+    waits: list[float] = []
+    real_sleep = judge.asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(judge.asyncio, "sleep", sleep)
+    monkeypatch.setenv("DELIBERATE_JUDGE_BACKOFF_S", "0.5")
+    outcome = await run_tests([ROOT / "flows" / "tests" / "linear.yaml"], "never passes", settings=Settings())
+    assert [r.passed for r in outcome.results] == [True]
+    assert waits and set(waits) == {0.0}

@@ -94,7 +94,9 @@ class Runner:
     """Runs the cases of loaded test files, ``concurrency`` at a time."""
 
     def __init__(self, registry: Registry, settings: Settings | None = None, concurrency: int = 8) -> None:
-        self.settings = settings or get_settings()
+        # scripted replies come at once: a judge's wait before asking its target again (there to
+        # spare a real model's rate limit) would only slow the suite, as a retry's backoff would
+        self.settings = (settings or get_settings()).model_copy(update={"judge_backoff_s": 0.0})
         self.registry = registry  # already a replies_registry
         self.concurrency = concurrency
         # runs/ for the history step: a folder that is never made, so a case sees no history
