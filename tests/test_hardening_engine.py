@@ -349,6 +349,29 @@ async def test_live_view_shows_a_judge_below_threshold() -> None:
     assert "below threshold: gate" in show(summary_line(rec), terminal=False)
 
 
+async def test_the_summary_line_counts_the_calls_made_while_the_run_goes() -> None:
+    """The live view's last line, mid-run: the calls, tokens and cost so far (the record's totals
+    come only when the run ends)."""
+    from deliberate.engine.events import CallFinished
+    from deliberate.records.recorder import Recorder
+    from deliberate.ui.render import summary_line
+    from test_engine import FANOUT
+
+    events: list[Event] = []
+    outcome, _rec = await run_with(FANOUT, ScriptedBackend(rules=[]), [events.append], {"prompt": "q"})
+    finished = [i for i, e in enumerate(events) if isinstance(e, CallFinished)]
+    assert len(finished) == 6  # five branches and the merge
+    mid = Recorder(None)
+    for event in events[:finished[2] + 1]:  # three branches answered
+        mid(event)
+    made = [e.call for e in events[:finished[2] + 1] if isinstance(e, CallFinished)]
+    tokens = sum(c.prompt_tokens + c.completion_tokens for c in made)
+    line = show(summary_line(mid.record), terminal=False)
+    assert line.startswith("running") and f"3 calls · {tokens} tokens" in line and tokens > 0
+    end = show(summary_line(outcome.recorder.record), terminal=False)
+    assert end.startswith("succeeded") and "6 calls" in end
+
+
 # -- 3. terminal safety -----------------------------------------------------------------------
 
 HOSTILE_OUTPUT = "The answer \x1b]0;PWNED\x07\x1b[2J is **42**\x1bc\x9b31m."
