@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from conftest import cli
 
@@ -121,3 +122,24 @@ def test_home_env_var_is_not_taken_for_deliberate_home(isolated, monkeypatch) ->
     assert lookup[1] != str(home) and lookup[1].endswith("deliberate")
     models = {m["key"] for m in json.loads(cli("models", "list", "--json", env={"HOME": str(home)}).stdout)}
     assert "stray" not in models
+
+
+def test_every_option_and_argument_of_every_command_says_what_it_does() -> None:
+    """--help is the manual a user reads first: no parameter of any command goes without a line."""
+    import typer
+
+    from deliberate.cli.app import app
+
+    def commands(command: Any, path: str) -> Any:
+        subs = getattr(command, "commands", None)
+        if subs is None:
+            yield path, command
+            return
+        for name, sub in subs.items():
+            yield from commands(sub, f"{path} {name}")
+
+    found = list(commands(typer.main.get_command(app), "deliberate"))
+    assert len(found) > 20
+    missing = [f"{path} {p.name}" for path, c in found for p in c.params
+               if p.name != "help" and not (getattr(p, "help", None) or "").strip()]
+    assert missing == []

@@ -16,7 +16,7 @@ config_app = typer.Typer(help="Trust project-local config (models.yaml in the cu
 @config_app.command("trust")
 def trust_file(
     file: Path = typer.Argument(Path("models.yaml"), help="The config file to trust (default ./models.yaml)."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Trust a models.yaml as it is now: its models may use your API keys with any api_base.
     An edit to the file needs trusting again."""
@@ -33,7 +33,7 @@ def trust_file(
 
 
 @config_app.command("trusted")
-def list_trusted(json_out: bool = typer.Option(False, "--json")) -> None:
+def list_trusted(json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
     """The files you trust, with the hash of the content you trusted."""
     from ..config import get_settings
     from ..trust import trusted_files

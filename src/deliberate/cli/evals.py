@@ -22,7 +22,7 @@ def _evals_default(ctx: typer.Context) -> None:
 
 @evals_app.command("list")
 def list_evals(
-    limit: int = typer.Option(20, "--limit", "-n", min=1),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="Show the newest N evals."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Recorded evals, newest first."""

@@ -52,7 +52,7 @@ def list_flows(json_out: bool = typer.Option(False, "--json", help="Machine-read
 def show(
     flow: str = typer.Argument(..., help="Flow name or file."),
     mermaid: bool = typer.Option(False, "--mermaid", help="Print the graph as Mermaid."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """A flow's inputs, steps, edges and output."""
     from rich.table import Table
@@ -107,7 +107,7 @@ def show(
 @app.command("validate")
 def validate(
     files: list[Path] = typer.Argument(..., help="Flow files (or names) to check."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """Check flow files without calling any model: schema, references, cycles, keys, templates."""
     from ..flows.loader import resolve_flow_path, validate_file

@@ -78,7 +78,8 @@ def list_models(json_out: bool = typer.Option(False, "--json", help="Machine-rea
 
 
 @models_app.command("show")
-def show_model(key: str, json_out: bool = typer.Option(False, "--json")) -> None:
+def show_model(key: str = typer.Argument(..., help="A model key (models list shows them)."),
+               json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
     """One model's entry."""
     from ..registry import Registry
 
@@ -98,7 +99,8 @@ def show_model(key: str, json_out: bool = typer.Option(False, "--json")) -> None
 
 
 @models_app.command("check")
-def check_model(key: str, json_out: bool = typer.Option(False, "--json")) -> None:
+def check_model(key: str = typer.Argument(..., help="A model key (models list shows them)."),
+                json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
     """Load the model (or reach the API) now and run a short probe."""
     import asyncio
     import time

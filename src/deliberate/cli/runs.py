@@ -52,8 +52,8 @@ def _runs_default(ctx: typer.Context) -> None:
 
 
 @runs_app.command("list")
-def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1),
-              json_out: bool = typer.Option(False, "--json")) -> None:
+def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1, help="Show the newest N runs."),
+              json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
     """Recent runs, newest first."""
     from rich import box
     from rich.table import Table
@@ -89,7 +89,7 @@ def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1),
 
 @runs_app.command("show")
 def show_run(run: str = typer.Argument(..., help="Run id, id prefix or record path."),
-             json_out: bool = typer.Option(False, "--json")) -> None:
+             json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
     """One run: every step with its output, model, tokens and cost."""
     _show(run, json_out)
 
@@ -112,7 +112,7 @@ def _show(run: str, json_out: bool) -> None:
 @runs_app.command("diff")
 def diff_runs(a: str = typer.Argument(..., help="Run id, id prefix or record path."),
               b: str = typer.Argument(..., help="Run id, id prefix or record path."),
-              json_out: bool = typer.Option(False, "--json")) -> None:
+              json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
     """Compare two runs step by step (outputs, models, tokens, cost)."""
     import difflib
 
@@ -166,8 +166,8 @@ def replay(
     html: Annotated[Path | None, typer.Option(
         "--html", help="Write a self-contained HTML report of the run (of the new run, with --from "
         "or --rerun).")] = None,
-    json_out: bool = typer.Option(False, "--json"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live view; only the answer."),
 ) -> None:
     """Show a recorded run without calling any model, or re-run it (all of it, or from a step)."""
     from ulid import ULID
@@ -260,8 +260,8 @@ def _write_report(rec: RunRecord, html: Path) -> None:
 
 def resume(
     record: str = typer.Argument(..., help="A run record (runs/<id>.json) or run id."),
-    json_out: bool = typer.Option(False, "--json"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live view; only the answer."),
 ) -> None:
     """Finish a run that crashed or was interrupted; finished steps are not called again."""
     from ..records.store import find
@@ -289,7 +289,7 @@ def _cache_default(ctx: typer.Context) -> None:
 
 
 @cache_app.command("list")
-def cache_list(json_out: bool = typer.Option(False, "--json")) -> None:
+def cache_list(json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
     """Cached answers (deterministic calls only)."""
     from ..config import get_settings
     from ..gateway.layers import ResponseCache
@@ -304,7 +304,7 @@ def cache_list(json_out: bool = typer.Option(False, "--json")) -> None:
 
 
 @cache_app.command("clear")
-def cache_clear(json_out: bool = typer.Option(False, "--json")) -> None:
+def cache_clear(json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
     """Delete every cached answer."""
     from ..config import get_settings
     from ..gateway.layers import ResponseCache
