@@ -130,7 +130,7 @@ def diff_runs(a: str = typer.Argument(..., help="Run id, id prefix or record pat
         return
     table = Table(title=f"{markup(ra.run_id)} ({markup(ra.flow_name)}) vs {markup(rb.run_id)} ({markup(rb.flow_name)})")
     for col in ("step", "output", "status", "models", "tokens", "cost"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a model key cut short names no model
     for r in rows:
         fa, fb = r["a"], r["b"]
         table.add_row(_cell(r["step"]), "same" if r["same_output"] else "[yellow]differs[/]",
