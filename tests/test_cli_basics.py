@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from conftest import cli
@@ -94,22 +95,31 @@ def test_doctor_json_names_keys_but_never_values(monkeypatch) -> None:
 
 
 def test_doctor_says_which_llama_cpp_runs_gguf_models(monkeypatch) -> None:
-    """The binding the engine would pick (llama-cpp-python first), or why none does."""
+    """The binding the engine would pick (llama-cpp-python first, if it loads), or why none does."""
+    import sys
+    import types
+
     from deliberate.cli.models import _llama_cpp
     from deliberate.gateway.backends import llamacpp, llamacpp_cffi
-    from deliberate.gateway.backends.llamacpp import llama_cpp_python_installed
-    from deliberate.gateway.backends.llamacpp_cffi import library_path
 
     data = json.loads(cli("doctor", "--json").stdout)["llama_cpp"]
-    expected = ("llama-cpp-python" if llama_cpp_python_installed() else
-                "llama-cpp-cffi" if library_path() is not None else None)
-    assert data["binding"] == expected
-    versions = {"llama-cpp-cffi": "0.4.18"}
+    assert set(data) == {"binding", "version", "note"}
+    versions = {"llama-cpp-cffi": "0.4.18", "llama-cpp-python": "0.3.9", "transformers": "5"}
+    monkeypatch.setattr(llamacpp, "llama_cpp_python_installed", lambda: True)
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.ModuleType("llama_cpp"))  # it loads
+    assert _llama_cpp(versions.get) == {"binding": "llama-cpp-python", "version": "0.3.9", "note": None}
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # installed, but importing it fails
+    assert "does not load" in _llama_cpp(versions.get)["note"]
     monkeypatch.setattr(llamacpp, "llama_cpp_python_installed", lambda: False)
+    monkeypatch.setattr(llamacpp_cffi, "library_path", lambda: Path("/x/_llama_cpp_cpu.so"))
+    assert _llama_cpp(versions.get)["binding"] == "llama-cpp-cffi"
     monkeypatch.setattr(llamacpp_cffi, "library_path", lambda: None)
     monkeypatch.setattr(llamacpp_cffi, "cpu_can_run_it", lambda: False)
     assert "AVX2" in _llama_cpp(versions.get)["note"]
-    assert "pip install --no-deps llama-cpp-cffi" in _llama_cpp({}.get)["note"]
+    monkeypatch.setattr(llamacpp_cffi, "cpu_can_run_it", lambda: True)
+    assert "library is missing" in _llama_cpp(versions.get)["note"]
+    assert "pip install --no-deps llama-cpp-cffi" in _llama_cpp({"transformers": "5"}.get)["note"]
+    assert "cannot run" in _llama_cpp({}.get)["note"]
 
 
 def test_home_env_var_is_not_taken_for_deliberate_home(isolated, monkeypatch) -> None:
@@ -131,11 +141,8 @@ def test_every_option_and_argument_of_every_command_says_what_it_does() -> None:
     from deliberate.cli.app import app
 
     def commands(command: Any, path: str) -> Any:
-        subs = getattr(command, "commands", None)
-        if subs is None:
-            yield path, command
-            return
-        for name, sub in subs.items():
+        yield path, command  # a group's own options too (deliberate --version)
+        for name, sub in (getattr(command, "commands", None) or {}).items():
             yield from commands(sub, f"{path} {name}")
 
     found = list(commands(typer.main.get_command(app), "deliberate"))

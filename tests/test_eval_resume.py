@@ -159,7 +159,9 @@ def test_evals_list_show_diff(scripted, isolated: Path) -> None:
     for columns in (80, 140):  # each id whole, what show, diff and merge take, at any width
         out = cli("evals", "list", env={"COLUMNS": str(columns)}).stdout
         assert a in out and b in out and max(len(line) for line in out.splitlines()) <= columns
-        assert ("evals show, --json or a wider terminal" in out) is (columns < 120)
+        assert ("evals show, --json or a wider terminal" in out) is (columns == 80)
+    narrow = cli("evals", "list", env={"COLUMNS": "40"}).stdout  # a line an eval, never cut
+    assert narrow.splitlines() == [f"{b}  finished  one", f"{a}  finished  one"]
     r = cli("evals", "show", a[:20])
     assert r.returncode == 0 and "paired comparisons" in r.stdout and "single" in r.stdout
     assert json.loads(cli("evals", "show", a, "--json").stdout)["eval_id"] == a

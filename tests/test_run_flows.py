@@ -122,17 +122,24 @@ def test_runs_list_and_replay_show_without_model_calls(scripted, isolated) -> No
     assert len(scripted.calls()) == before  # replay calls no model
 
 
-@pytest.mark.parametrize("columns", [80, 140])
-def test_runs_list_shows_each_run_id_whole_at_any_width(scripted, isolated, columns: int) -> None:
-    """The id is what show, replay and resume take: never cut, an 80-column terminal included
-    (which drops calls, tokens and wall time and says where they are)."""
+@pytest.mark.parametrize("columns", [40, 80, 140, None])
+def test_runs_list_shows_each_run_id_whole_at_any_width(scripted, isolated, columns: int | None,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The id is what show, replay and resume take: never cut. Under 60 columns a line a run;
+    an 80-column terminal drops calls, tokens and wall time and says where they are; piped with no
+    COLUMNS (None), every column."""
+    monkeypatch.delenv("COLUMNS", raising=False)
     rid = json.loads(cli("run", "adversarial", "x", "--json").stdout)["run_id"]
-    out = cli("runs", "list", env={"COLUMNS": str(columns)}).stdout
+    out = cli("runs", "list", env={"COLUMNS": str(columns)} if columns else None).stdout
     assert rid in out and "succeeded" in out
-    assert max(len(line) for line in out.splitlines()) <= columns
+    if columns == 40:
+        assert out.splitlines() == [f"{rid}  succeeded  adversarial"]
+        return
+    assert max(len(line) for line in out.splitlines()) <= (columns or 200)
     header = next(line for line in out.splitlines() if "run id" in line)
-    assert ("tokens" in header) is ("wall" in header) is (columns >= 110)
-    assert ("runs show, --json or a wider terminal" in out) is (columns < 110)
+    wide = columns is None or columns >= 125
+    assert ("tokens" in header) is ("wall" in header) is wide
+    assert ("runs show, --json or a wider terminal" in out) is (not wide)
 
 
 @pytest.mark.parametrize("content,needle", [

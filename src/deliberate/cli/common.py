@@ -21,6 +21,19 @@ def out_console() -> Console:
     return Console(no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
 
 
+#: A list too narrow for a table below this width prints one plain line an entry.
+PLAIN_BELOW = 60
+
+
+def list_console() -> Console:
+    """The console a list of runs or evals prints to. Piped to a file or a pager with no COLUMNS
+    set, it is wide enough for every column (Rich would assume 80 and drop or wrap them)."""
+    con = out_console()
+    if not con.is_terminal and "COLUMNS" not in os.environ:
+        con.width = 200
+    return con
+
+
 def print_json(data: Any) -> None:
     """One JSON document on stdout, nothing else there; secret values never reach it."""
     from ..config import scrub

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from ..safetext import markup
-from .common import err_console, fail, out_console, print_json
+from .common import PLAIN_BELOW, err_console, fail, list_console, out_console, print_json
 
 evals_app = typer.Typer(help="Evals recorded under evals/: list, show, diff, merge.", invoke_without_command=True)
 
@@ -172,8 +172,12 @@ def list_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         err_console().print("no evals yet under evals/ (run 'deliberate eval FLOW DATASET')")
         return
-    con = out_console()
-    wide = con.width >= 120  # room for every column; a narrower one keeps the id whole and drops three
+    con = list_console()
+    if con.width < PLAIN_BELOW:  # no room for a table: the id, status and flow of each eval, a line each
+        for r in rows:
+            con.print(f"{r['eval_id']}  {r['status']}  {markup(r['flow'])}", soft_wrap=True)
+        return
+    wide = con.width >= 130  # room for every column; a narrower one keeps the id whole and drops three
     t = Table(box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD,
               caption=None if wide else "dataset, scorer, arms: evals show, --json or a wider terminal")
     columns = ["id", "status", "flow"] + (["dataset", "scorer", "arms"] if wide else []) + ["done", "flow pass rate"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 from importlib import metadata
@@ -163,23 +164,33 @@ def list_strategies(json_out: bool = typer.Option(False, "--json", help="Machine
 
 
 def _llama_cpp(version: Any) -> dict[str, Any]:
-    """Which llama.cpp binding runs GGUF models here, or why none does (nothing imported)."""
+    """Which llama.cpp binding runs GGUF models here (the engine's choice), or why none does.
+    llama-cpp-python is imported to see that it loads; llama-cpp-cffi's library is only found."""
     from ..gateway.backends.llamacpp import INSTALL_HINT, llama_cpp_python_installed
     from ..gateway.backends.llamacpp_cffi import cpu_can_run_it, library_path
 
+    fallback = "GGUF models run on transformers" if version("transformers") else \
+        "GGUF models cannot run (no transformers either: pip install 'deliberate[local]')"
     if llama_cpp_python_installed():
+        try:
+            importlib.import_module("llama_cpp")
+        except Exception as exc:  # a broken build: the engine would choose it and fail on a GGUF model
+            return {"binding": "llama-cpp-python", "version": version("llama-cpp-python"),
+                    "note": f"installed but it does not load ({type(exc).__name__}: {exc}); GGUF models "
+                            "fail until it is rebuilt or uninstalled"}
         return {"binding": "llama-cpp-python", "version": version("llama-cpp-python"), "note": None}
     if library_path() is not None:
         return {"binding": "llama-cpp-cffi", "version": version("llama-cpp-cffi"), "note": "its prebuilt CPU library"}
-    if version("llama-cpp-cffi") and not cpu_can_run_it():
-        return {"binding": None, "version": None,
-                "note": "llama-cpp-cffi is installed but its library needs an x86-64 CPU with AVX2: "
-                        "GGUF models run on transformers"}
-    return {"binding": None, "version": None, "note": f"GGUF models run on transformers, slower: {INSTALL_HINT}"}
+    if version("llama-cpp-cffi"):
+        why = ("its library needs an x86-64 CPU with AVX2" if not cpu_can_run_it() else
+               "its CPU library is missing (pip install --no-deps --force-reinstall llama-cpp-cffi)")
+        return {"binding": None, "version": None, "note": f"llama-cpp-cffi is installed but {why}: {fallback}"}
+    return {"binding": None, "version": None, "note": f"{fallback}, slower: {INSTALL_HINT}"}
 
 
 def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Versions, extras, GPU, the built-in model, API keys (names only) and lookup paths."""
+    """Versions, extras, GPU, the built-in model, the llama.cpp binding, API keys (names only) and
+    lookup paths."""
     from ..config import SECRET_ENV_VARS, get_settings, search_dirs
     from ..registry import Registry
 

@@ -75,7 +75,7 @@ def run(
     seed: int = typer.Option(None, "--seed", help="Sampling seed (reproducible local runs)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live view; only the answer."),
-    no_record: bool = typer.Option(False, "--no-record", help="Do not write runs/<id>.json."),
+    no_record: bool = typer.Option(False, "--no-record", help="Do not write the run record."),
     cache: bool = typer.Option(False, "--cache", help="Reuse cached answers of deterministic calls."),
 ) -> None:
     """Run a flow on a prompt, live, and record it under runs/."""
@@ -174,13 +174,13 @@ def generate(
     model: str = typer.Option(None, "--model", "-m", help="Model key (default: the registry default)."),
     strategy: str = typer.Option(None, "--strategy", "-s", help="Strategy name."),
     system: str = typer.Option(None, "--system", help="A system message."),
-    max_tokens: int = typer.Option(None, "--max-tokens", min=1, help="Longest answer, in tokens "
-                                   "(default: the strategy's)."),
+    max_tokens: int = typer.Option(None, "--max-tokens", min=1, help="Longest answer, in tokens (default: the "
+                                   "strategy's, else MAX_TOKENS_DEFAULT)."),
     seed: int = typer.Option(None, "--seed", help="Sampling seed (reproducible local runs)."),
     max_cost: float = typer.Option(None, "--max-cost", min=0, help="Refuse the call if it could cost more (USD)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live view; only the answer."),
-    no_record: bool = typer.Option(False, "--no-record", help="Do not write runs/<id>.json."),
+    no_record: bool = typer.Option(False, "--no-record", help="Do not write the run record."),
 ) -> None:
     """Direct mode: one gateway call, recorded as a one-step run."""
     from ..registry import Registry

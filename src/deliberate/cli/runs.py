@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..safetext import clean, markup
-from .common import err_console, fail, out_console, print_json
+from .common import PLAIN_BELOW, err_console, fail, list_console, out_console, print_json
 
 if TYPE_CHECKING:
     from ..records.schema import RunRecord
@@ -57,6 +57,7 @@ def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1, help="Show t
     """Recent runs, newest first."""
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     from ..records.store import list_records
 
@@ -67,8 +68,12 @@ def list_runs(limit: int = typer.Option(20, "--limit", "-n", min=1, help="Show t
     if not recs:
         err_console().print(f"no runs in {markup(_runs_dir())}")
         return
-    con = out_console()
-    wide = con.width >= 110  # room for every column; a narrower one keeps the id whole and drops three
+    con = list_console()
+    if con.width < PLAIN_BELOW:  # no room for a table: the id, status and flow of each run, a line each
+        for r in recs:
+            con.print(Text("  ").join([_cell(r.run_id), _cell(r.status), _cell(r.flow_name)]), soft_wrap=True)
+        return
+    wide = con.width >= 125  # room for every column; a narrower one keeps the id whole and drops three
     table = Table(title=f"runs in {markup(_runs_dir())}", box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD,
                   caption=None if wide else "calls, tokens, wall time: runs show, --json or a wider terminal")
     columns = ("run id", "when", "flow", "status") + (("calls", "cost", "tokens", "wall") if wide else ("cost",))
@@ -167,7 +172,7 @@ def replay(
         "--html", help="Write a self-contained HTML report of the run (of the new run, with --from "
         "or --rerun).")] = None,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live view; only the answer."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="With --from or --rerun: no live view; only the answer."),
 ) -> None:
     """Show a recorded run without calling any model, or re-run it (all of it, or from a step)."""
     from ulid import ULID
