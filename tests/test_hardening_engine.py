@@ -372,6 +372,20 @@ async def test_the_summary_line_counts_the_calls_made_while_the_run_goes() -> No
     assert end.startswith("succeeded") and "6 calls" in end
 
 
+async def test_plain_lines_give_each_finished_step_its_time_calls_tokens_and_models() -> None:
+    """Where stderr is no terminal (CI logs), a finished step is one greppable line with what
+    the live tree shows beside it."""
+    from deliberate.ui.live import LiveView
+    from test_engine import FANOUT
+
+    out = io.StringIO()
+    await run_with(FANOUT, ScriptedBackend(rules=[]), [LiveView(Console(file=out, force_terminal=False, width=120))],
+                   {"prompt": "q"})
+    lines = out.getvalue().splitlines()
+    assert [ln for ln in lines if re.fullmatch(r"  ok +experts  \d+\.\ds · 5 calls · [1-9]\d* tok · m1", ln)], lines
+    assert [ln for ln in lines if re.fullmatch(r"  ok +merge  \d+\.\ds · 1 call · [1-9]\d* tok · m1", ln)], lines
+
+
 # -- 3. terminal safety -----------------------------------------------------------------------
 
 HOSTILE_OUTPUT = "The answer \x1b]0;PWNED\x07\x1b[2J is **42**\x1bc\x9b31m."

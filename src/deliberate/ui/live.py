@@ -19,7 +19,7 @@ from ..engine.events import (
 )
 from ..records.recorder import Recorder
 from ..safetext import clean
-from .render import attempts_text, below_threshold, step_tree, summary_line
+from .render import attempts_text, below_threshold, step_stats, step_tree, summary_line
 
 
 class LiveView:
@@ -79,6 +79,8 @@ class LiveView:
         icon = {"succeeded": "ok", "reused": "reused", "failed": "FAILED", "skipped": "skipped"}.get(
             step.status, step.status)
         extra = f" ({clean(step.error)})" if step.error else ""
+        if step.status == "succeeded" and step.calls:
+            extra = f"  {step_stats(step)}"  # already cleaned
         below = below_threshold(step)
         if below is not None and step.status != "failed":
             icon, extra = "below", f" ({attempts_text(below)}, threshold {below.threshold:g})"

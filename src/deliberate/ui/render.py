@@ -23,7 +23,8 @@ ICONS = {"pending": ("·", "dim"), "running": ("◐", "yellow"), "succeeded": ("
          "failed": ("✗", "red"), "skipped": ("↷", "dim"), "reused": ("↺", "cyan")}
 
 
-def _step_stats(step: StepRecord) -> str:
+def step_stats(step: StepRecord) -> str:
+    """``3.1s · 3 calls · 580 tok · smollm2-135m``: a step's time, calls, tokens, cost, models."""
     tokens = sum(c.prompt_tokens + c.completion_tokens for c in step.calls)
     cost = sum(c.cost_usd for c in step.calls)
     parts = []
@@ -64,7 +65,7 @@ def step_tree(record: RunRecord, streaming: dict[str, str] | None = None, *, wid
             icon, style = "!", "yellow"  # it ran, but its judge was never satisfied: not a plain ✓
         kind = "" if step.kind == "generate" else f" [{clean(step.kind)}]"
         label = Text.assemble((f"{icon} ", style), (clean(name), "bold" if step.status == "running" else ""),
-                              (kind, "magenta"), ("  " + _step_stats(step), "dim"))
+                              (kind, "magenta"), ("  " + step_stats(step), "dim"))
         if below is not None:
             label.append(f"  below threshold: {attempts_text(below)} (threshold {below.threshold:g})",
                          style="yellow")
