@@ -33,6 +33,8 @@ def refused(r: object, *needles: str) -> None:
      ("data.jsonl:2", "field 'id'", "line 1")),
     ("", ("data.jsonl", "no rows")),
     ('[{"prompt": "a", "target": "b"}]\n', ("data.jsonl:1", "JSON array", "jq -c")),
+    ('{"prompt": "a", "target": "b"}\n{"prompt": "c \\ud800", "target": "d"}\n',
+     ("line 2", "input 'prompt' holds a lone surrogate (U+D800)")),
 ])
 def test_a_bad_jsonl_dataset_names_file_line_and_field(scripted, isolated: Path, content: str,
                                                       needles: tuple[str, ...]) -> None:

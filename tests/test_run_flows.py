@@ -104,6 +104,30 @@ def test_generate_direct_mode_is_a_one_step_run(scripted) -> None:
     assert list(rec["steps"]) == ["answer"] and rec["steps"]["answer"]["calls"][0]["model_key"] == "alt"
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["run", "challenge", "bad \udcff input"], "input 'prompt' holds a byte that is not UTF-8 (0xff) at character 4"),
+    (["generate", "ok", "--system", "x\udcfe"], "input 'system' holds a byte that is not UTF-8 (0xfe) at character 1"),
+    (["run", "challenge", "-i", "prompt=ok \udcc3"], "input 'prompt' holds a byte that is not UTF-8 (0xc3) at character 3"),
+])
+def test_text_no_utf_8_can_hold_is_one_line_exit_2_and_nothing_recorded(scripted, isolated, args: list[str],
+                                                                        says: str) -> None:
+    """A command-line argument with a byte that is not UTF-8 arrives as a lone surrogate, which no
+    record or request can carry: refused before any call, not a failed run with tracebacks."""
+    r = cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and says in r.stderr
+    assert "Traceback" not in r.stderr and not (isolated / "runs").exists() and scripted.calls() == []
+
+
+async def test_a_library_input_with_a_lone_surrogate_is_refused_before_the_run(tmp_path: Path) -> None:
+    from deliberate._api import run_flow_async
+    from deliberate.errors import InputError
+
+    with pytest.raises(InputError, match=r"input 'prompt' holds a lone surrogate \(U\+D800\), which is not Unicode"):
+        await run_flow_async("linear", {"prompt": "a \ud800 b"}, runs_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_no_record_writes_nothing(scripted, isolated) -> None:
     r = cli("run", "challenge", "x", "--no-record", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["record"] is None

@@ -3,6 +3,7 @@ subscribes. The CLI, and next the HTTP and MCP servers, eval and flow tests, are
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -134,8 +135,30 @@ def resolve_inputs(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
                 value = float(value) if "." in value else int(value)
             except ValueError:
                 raise InputError(f"input {name!r} must be a number, got {value!r}") from None
+        _check_text(name, value)
         out[name] = value
     return out
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_text(name: str, value: Any) -> None:
+    """Refuse an input no record, log or model request could carry: text holding a lone surrogate
+    (Python's stand-in for a byte that was not UTF-8, as in a command-line argument, or a
+    ``"\\ud800"`` escape from JSON). Caught here, it is one line naming the input; found later, it
+    failed the run when the record could not be written."""
+    texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
+        if isinstance(value, list) else []
+    for text in texts:
+        bad = _LONE_SURROGATE.search(text)
+        if bad is None:
+            continue
+        code = ord(bad.group())
+        what = (f"a byte that is not UTF-8 (0x{code - 0xDC00:02x})" if 0xDC80 <= code <= 0xDCFF else
+                f"a lone surrogate (U+{code:04X}), which is not Unicode")
+        raise InputError(f"input {name!r} holds {what} at character {bad.start()}",
+                         hint="pass UTF-8 text; a file given as --input NAME=@FILE must be UTF-8 too")
 
 
 def input_limit(registry: Registry) -> int:
