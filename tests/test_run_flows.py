@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli
+from conftest import ROOT, cli
 
 SHIPPED = ["linear", "challenge", "multi_perspective", "adversarial", "consensus", "debate"]
 JUDGE_OK = {"match": "SCORE: N", "reply": "SCORE: 8\nSolid answer."}
@@ -117,6 +117,17 @@ def test_text_no_utf_8_can_hold_is_one_line_exit_2_and_nothing_recorded(scripted
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and says in r.stderr
     assert "Traceback" not in r.stderr and not (isolated / "runs").exists() and scripted.calls() == []
+
+
+def test_a_flow_file_named_with_a_byte_that_is_not_utf_8_runs_and_is_recorded(scripted, isolated) -> None:
+    """Such a name arrives as a lone surrogate, which no UTF-8 record can hold: the record keeps
+    U+FFFD in its place (it failed the run with tracebacks when the record could not be written)."""
+    name = "fl\udcffow.yaml"  # the bytes b"fl\xffow.yaml" on disk
+    (isolated / name).write_text((ROOT / "flows" / "linear.yaml").read_text())
+    r = cli("run", name, "hi", "--json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(Path(json.loads(r.stdout)["record"]).read_text(encoding="utf-8"))
+    assert rec["status"] == "succeeded" and rec["flow_source"].endswith("fl\ufffdow.yaml")
 
 
 async def test_a_library_input_with_a_lone_surrogate_is_refused_before_the_run(tmp_path: Path) -> None:

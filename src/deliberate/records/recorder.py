@@ -15,13 +15,14 @@ read once, when the run starts, and touch only the JSON, never the record's data
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
 
 from .._version import __version__
 from ..config import scrub, secret_values
@@ -66,6 +67,20 @@ def _new_step(name: str, kind: str) -> dict[str, Any]:
             "finished_at": None, "value": None, "output": None, "skipped_when": None, "decided_by": None,
             "error": None, "error_type": None, "calls": [], "failures": [], "judge": [], "vote": None,
             "rounds": [], "verdict": None}
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_text(value: Any) -> Any:
+    """JSON data with every lone surrogate in its text (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_valid_text(v) for v in value]
+    if isinstance(value, dict):
+        return {_valid_text(k): _valid_text(v) for k, v in value.items()}
+    return value
 
 
 class Recorder:
@@ -315,7 +330,12 @@ class Recorder:
             _WRITER.submit(self.path, self.encoded(), self.lock)
 
     def _encode(self, value: Any) -> bytes:
-        data = to_json(value)
+        try:
+            data = to_json(value)
+        except PydanticSerializationError:
+            # text no UTF-8 can hold (a lone surrogate: a file name's byte that was not UTF-8, a
+            # function step's value): the record keeps U+FFFD in its place, as a reply's text does
+            data = to_json(_valid_text(to_jsonable_python(value)))
         if self._secrets:
             data = scrub(data.decode(), self._secrets).encode()
         return data
