@@ -350,8 +350,8 @@ async def test_live_view_shows_a_judge_below_threshold() -> None:
 
 
 async def test_the_summary_line_counts_the_calls_made_while_the_run_goes() -> None:
-    """The live view's last line, mid-run: the calls, tokens and cost so far (the record's totals
-    come only when the run ends)."""
+    """A running record's totals count the calls made so far (the live view's last line, `runs
+    show` of a run that crashed), and the end's recount agrees."""
     from deliberate.engine.events import CallFinished
     from deliberate.records.recorder import Recorder
     from deliberate.ui.render import summary_line
@@ -366,8 +366,12 @@ async def test_the_summary_line_counts_the_calls_made_while_the_run_goes() -> No
         mid(event)
     made = [e.call for e in events[:finished[2] + 1] if isinstance(e, CallFinished)]
     tokens = sum(c.prompt_tokens + c.completion_tokens for c in made)
+    assert mid.record.totals.calls == 3 and mid.record.totals.prompt_tokens + mid.record.totals.completion_tokens == tokens
     line = show(summary_line(mid.record), terminal=False)
     assert line.startswith("running") and f"3 calls · {tokens} tokens" in line and tokens > 0
+    t = outcome.recorder.record.totals
+    every = [e.call for e in events if isinstance(e, CallFinished)]
+    assert (t.calls, t.prompt_tokens) == (6, sum(c.prompt_tokens for c in every))
     end = show(summary_line(outcome.recorder.record), terminal=False)
     assert end.startswith("succeeded") and "6 calls" in end
 

@@ -185,6 +185,12 @@ class Recorder:
 
     def _call_finished(self, event: CallFinished, step: dict[str, Any]) -> None:
         step["calls"].append(event.call)  # encoded as it is; read back as one
+        # the totals so far, for whoever reads a running (or crashed) run; the end recounts them
+        call, totals = event.call, self._data["totals"]  # type: ignore[index]
+        totals["calls"] += 0 if call.cache_hit else 1
+        totals["prompt_tokens"] += call.prompt_tokens
+        totals["completion_tokens"] += call.completion_tokens
+        totals["cost_usd"] += call.cost_usd
         self._changed(step)
 
     def _call_failed(self, event: CallFailed, step: dict[str, Any]) -> None:

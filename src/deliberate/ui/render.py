@@ -111,15 +111,10 @@ def summary_line(record: RunRecord) -> Text:
     wall = t.wall_s or ((record.finished_at or time.time()) - record.created_at)
     status_style = {"succeeded": "green", "failed": "red", "interrupted": "yellow"}.get(record.status, "")
     steps_done = sum(1 for s in record.steps.values() if s.status in ("succeeded", "reused"))
-    calls, tokens, cost = t.calls, t.prompt_tokens + t.completion_tokens, t.cost_usd
-    if record.status == "running":  # the totals come when the run ends: count the calls so far
-        made = [c for s in record.steps.values() for c in s.calls]
-        calls = sum(1 for c in made if not c.cache_hit)
-        tokens = sum(c.prompt_tokens + c.completion_tokens for c in made)
-        cost = sum(c.cost_usd for c in made)
     line = Text.assemble(
         (record.status, f"bold {status_style}"),
-        f"  {steps_done}/{len(record.steps)} steps · {calls} calls · {tokens} tokens · ${cost:.4f} · {wall:.1f}s",
+        f"  {steps_done}/{len(record.steps)} steps · {t.calls} calls · "
+        f"{t.prompt_tokens + t.completion_tokens} tokens · ${t.cost_usd:.4f} · {wall:.1f}s",
     )
     below = [n for n in record.order if n in record.steps and below_threshold(record.steps[n]) is not None]
     if below:
