@@ -11,6 +11,15 @@ import pytest
 from deliberate.engine.branches import run_branches
 
 
+async def waits_for_its_cancel(name: int, cancelled: list[int]) -> None:
+    """A branch that never answers; it notes its name in ``cancelled`` when cancelled."""
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        cancelled.append(name)
+        raise
+
+
 async def test_branches_run_together_and_answer_in_order() -> None:
     started: list[int] = []
     go = asyncio.Event()
@@ -36,15 +45,7 @@ async def test_a_failing_branch_stops_the_one_awaited_first_and_its_error_is_rai
     comes out at once, as itself with its own cause, and branches 0 and 1 were cancelled."""
     cancelled: list[int] = []
 
-    async def forever(i: int) -> int:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.append(i)
-            raise
-        return i
-
-    async def fails() -> int:
+    async def fails() -> None:
         await asyncio.sleep(0)
         try:
             raise KeyError("root")
@@ -52,7 +53,8 @@ async def test_a_failing_branch_stops_the_one_awaited_first_and_its_error_is_rai
             raise ValueError("branch 2 broke") from exc
 
     with pytest.raises(ValueError, match="branch 2 broke") as info:
-        await asyncio.wait_for(run_branches([forever(0), forever(1), fails()]), timeout=5)
+        await asyncio.wait_for(run_branches([waits_for_its_cancel(0, cancelled), waits_for_its_cancel(1, cancelled),
+                                             fails()]), timeout=5)
     assert isinstance(info.value.__cause__, KeyError)
     assert sorted(cancelled) == [0, 1]
 
@@ -99,7 +101,7 @@ async def test_a_failure_is_a_failure_after_the_caller_handled_a_cancel_of_its_o
 
 
 async def test_a_cancel_the_awaited_branch_swallows_still_cancels_the_caller() -> None:
-    cancelled: list[str] = []
+    cancelled: list[int] = []
 
     async def swallows() -> str:
         try:
@@ -108,32 +110,17 @@ async def test_a_cancel_the_awaited_branch_swallows_still_cancels_the_caller() -
             return "swallowed"
         return "unreachable"
 
-    async def forever() -> None:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.append("forever")
-            raise
-
-    task = asyncio.create_task(run_branches([swallows(), forever()]))
+    task = asyncio.create_task(run_branches([swallows(), waits_for_its_cancel(1, cancelled)]))
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, timeout=5)
-    assert cancelled == ["forever"]
+    assert cancelled == [1]  # the branch that kept waiting
 
 
 async def test_cancelling_the_caller_cancels_every_branch() -> None:
     cancelled: list[int] = []
-
-    async def forever(i: int) -> None:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.append(i)
-            raise
-
-    task = asyncio.create_task(run_branches([forever(i) for i in range(3)]))
+    task = asyncio.create_task(run_branches([waits_for_its_cancel(i, cancelled) for i in range(3)]))
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -128,7 +128,8 @@ def test_the_recorder_reads_only_the_event_contract() -> None:
         elif isinstance(node, ast.ImportFrom):
             imported.add("." * node.level + (node.module or ""))
     ours = {m for m in imported if m.startswith(".")}
-    assert ours == {"..config", "..engine.events", "..engine.values", ".schema", ".store", ".._version"}, ours
+    assert ours == {"..config", "..engine.events", "..engine.values", "..safetext", ".schema", ".store",
+                    ".._version"}, ours
     assert not imported & {"logging", "sys", "rich", "typer", "click"}, imported
 
 

@@ -5,6 +5,10 @@ File names, step names, provider error text and model output may carry Rich mark
 clear). Before such text reaches the terminal it goes through :func:`clean` (for ``Text``
 objects and plain writes) or :func:`markup` (for strings that Rich parses as markup). Records
 keep the raw text; only what is shown is cleaned.
+
+One kind of text no record, log or response can keep at all: a lone surrogate (:data:`LONE_SURROGATE`),
+which is how Python holds a byte that was not UTF-8 (in a file name, a command-line argument)
+or a ``"\ud800"`` escape from JSON. It is not Unicode, so UTF-8 cannot encode it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ _SEQUENCES = re.compile(
     r"|\x9b[0-?]*[ -/]*[@-~]"  # 8-bit CSI
 )
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD, so UTF-8 can hold it."""
+    return text if text.isascii() or not LONE_SURROGATE.search(text) else LONE_SURROGATE.sub("\ufffd", text)
 
 
 def clean(text: object) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -39,6 +38,7 @@ from ..errors import (
     ProviderError,
     ValidationError,
 )
+from ..safetext import valid_text
 from .contracts import Attempt, BackendCall, GatewayEvent, Model, Reply, TokenCallback
 from .results import cached_result, prompt_tokens, reply_of, result_of
 from .state import Breaker, Budget, RateLimit, ResponseCache, backoff_delay
@@ -278,13 +278,10 @@ class RetryLayer(Layer):
             return reply
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def _clean_tokens(on_token: TokenCallback) -> TokenCallback:
     """``on_token`` given streamed text with any lone surrogate replaced, as the reply's is."""
     def clean(token: str) -> None:
-        on_token(token if token.isascii() or not _LONE_SURROGATE.search(token) else _LONE_SURROGATE.sub("\ufffd", token))
+        on_token(valid_text(token))
     return clean
 
 
@@ -317,8 +314,9 @@ class ScrubLayer(Layer):
         if not isinstance(getattr(reply, "text", None), str):
             raise ProviderError(f"backend {self.backend_name} answered {type(reply).__name__}, not a Reply with "
                                 "text", where=f"backend {self.backend_name}")
-        if not reply.text.isascii() and _LONE_SURROGATE.search(reply.text):  # no UTF-8 for it: a record, a log or a response could not hold it
-            reply = replace(reply, text=_LONE_SURROGATE.sub("\ufffd", reply.text))
+        text = valid_text(reply.text)  # no UTF-8 for a lone surrogate: a record, a log or a response could not hold it
+        if text is not reply.text:
+            reply = replace(reply, text=text)
         return reply
 
 

@@ -15,7 +15,6 @@ read once, when the run starts, and touch only the JSON, never the record's data
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 import time
 from collections import deque
@@ -43,6 +42,7 @@ from ..engine.events import (
     VoteDecided,
 )
 from ..engine.values import as_text, from_json
+from ..safetext import valid_text
 from .schema import RECORD_KIND, SCHEMA_VERSION, RunRecord
 from .store import LiveLock, RecordWriter, record_path
 
@@ -69,13 +69,10 @@ def _new_step(name: str, kind: str) -> dict[str, Any]:
             "rounds": [], "verdict": None}
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def _valid_text(value: Any) -> Any:
     """JSON data with every lone surrogate in its text (keys too) replaced by U+FFFD."""
     if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value)
+        return valid_text(value)
     if isinstance(value, list):
         return [_valid_text(v) for v in value]
     if isinstance(value, dict):

@@ -5,18 +5,15 @@ those are ignored, not refused; the fields deliberate reads are checked."""
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ..engine.executor import RunOptions
+from ..safetext import LONE_SURROGATE
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 InputValue = str | int | float | list[str]
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def refuse_unsound(data: Any) -> Any:
@@ -28,7 +25,7 @@ def refuse_unsound(data: Any) -> Any:
         value = stack.pop()
         seen += 1
         if isinstance(value, str):
-            if _SURROGATE.search(value):
+            if LONE_SURROGATE.search(value):
                 raise ValueError("text holds a lone surrogate (\\ud800-\\udfff), which is not Unicode")
         elif isinstance(value, float):
             if not math.isfinite(value):

@@ -3,7 +3,6 @@ subscribes. The CLI, and next the HTTP and MCP servers, eval and flow tests, are
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..records.recorder import Recorder
 from ..records.schema import RunRecord
 from ..records.store import is_run_id, recent_history
 from ..registry import Registry, did_you_mean
+from ..safetext import LONE_SURROGATE
 
 #: No tokenizer packs more characters than this into one token on real text; an input longer than
 #: the largest context window times this cannot fit any configured model.
@@ -140,9 +140,6 @@ def resolve_inputs(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def _check_text(name: str, value: Any) -> None:
     """Refuse an input no record, log or model request could carry: text holding a lone surrogate
     (Python's stand-in for a byte that was not UTF-8, as in a command-line argument, or a
@@ -151,7 +148,7 @@ def _check_text(name: str, value: Any) -> None:
     texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
         if isinstance(value, list) else []
     for text in texts:
-        bad = _LONE_SURROGATE.search(text)
+        bad = LONE_SURROGATE.search(text)
         if bad is None:
             continue
         code = ord(bad.group())
