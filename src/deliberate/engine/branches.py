@@ -39,16 +39,13 @@ async def run_branches(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
     current = asyncio.current_task()
     base = current.cancelling() if current is not None else 0  # cancels the caller had before
 
-    def caller_cancelled() -> bool:
-        return current is not None and current.cancelling() > base
-
     tasks.extend(asyncio.create_task(branch(c)) for c in coros)
     results: list[T] = []
     try:
         for t in tasks:
             results.append(await t)
-            if caller_cancelled():  # the branch awaited took the caller's cancel and returned anyway
-                raise asyncio.CancelledError
+            if current is not None and current.cancelling() > base:
+                raise asyncio.CancelledError  # the branch awaited took the caller's cancel and returned anyway
         return results
     except BaseException as exc:
         caught = exc  # raised below, outside this block: the error keeps its own cause and context
@@ -57,6 +54,6 @@ async def run_branches(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
     await asyncio.gather(*tasks, return_exceptions=True)
     for c in coros:
         c.close()  # a branch cancelled before it started never ran its coroutine: closed, no warning
-    if failed and not caller_cancelled():
+    if failed and not (current is not None and current.cancelling() > base):
         raise failed[0]  # a sibling's failure cancelled the branch the caller was waiting on
     raise caught

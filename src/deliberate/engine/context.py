@@ -65,6 +65,8 @@ class RunOptions:
         could take. The engine builds its requests from them without validating each again
         (``GenerationRequest.checked``): every run starts here."""
         t, seed, rounds, cost = self.temperature, self.seed, self.rounds, self.max_cost
+        if t is None and seed is None and rounds is None and cost is None:
+            return self  # nothing set: the common case, at no cost (each run checks, Engine.run too)
         if t is not None and not (_real(t) and 0 <= t <= 2):
             raise InputError(f"temperature {t!r} is not a number from 0 to 2")
         if seed is not None and not _whole(seed):
@@ -74,7 +76,7 @@ class RunOptions:
         if cost is not None and not (_real(cost) and cost >= 0):
             raise InputError(f"max_cost {cost!r} is not an amount of US dollars (0 or more)")
         if all(v is None or type(v) is kind for v, kind in ((t, float), (seed, int), (rounds, int), (cost, float))):
-            return self  # the common case, at no cost
+            return self
         return replace(self, temperature=None if t is None else float(t), seed=None if seed is None else int(seed),
                        rounds=None if rounds is None else int(rounds), max_cost=None if cost is None else float(cost))
 
